@@ -1,0 +1,214 @@
+"""Pure TKFAC/KFAC math in MindSpore ops: tensors in, tensors out, no state.
+
+Every function maps to one formula of ``shared/spec/tkfac-math.md`` (cited as "spec Sec. k")
+and of the paper (Gao et al., AAAI 2021, cited as "Eq. n"). The twin of this module is
+``reference_torch/_math.py``; the function names are the same.
+
+All functions compile in GRAPH_MODE (they are called from the capture cells and the optimizer)
+and also run eagerly. Data layout everywhere: ``a`` is ``[N, T, d_in]``, ``u`` is
+``[N, T, d_out]`` (``N`` samples, ``T`` locations: 1 for Dense, ``H_out * W_out`` for Conv2d).
+"""
+
+from __future__ import annotations
+
+from mindspore import Tensor, ops
+
+#: A layer whose ``delta`` is at most this is "dead": its factors fall back to scaled identities.
+DELTA_GUARD = 1e-30
+
+
+def _flatten(x: Tensor) -> Tensor:
+    """``[N, T, d] -> [N*T, d]``."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def tkfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch sums behind the TKFAC statistics (spec Sec. 2, paper Eq. 8 and 12).
+
+    With ``s = ||a[n,t]||^2`` and ``r = ||u[n,t]||^2``:
+    ``sr_sum = sum_{n,t} s*r``, ``phi_sum = sum_{n,t} r * a a^T``, ``psi_sum = sum_{n,t} s * u u^T``.
+    These are sums, so data-parallel workers all-reduce them before :func:`tkfac_from_sums`.
+
+    Args:
+        a: ``[N, T, d_in]`` layer inputs (with the bias column if any).
+        u: ``[N, T, d_out]`` per-sample output gradients.
+
+    Returns:
+        ``sr_sum`` (scalar), ``phi_sum`` ``[d_in, d_in]``, ``psi_sum`` ``[d_out, d_out]``.
+    """
+    a2, u2 = _flatten(a), _flatten(u)
+    s = (a2 * a2).sum(axis=1)  # [N*T]
+    r = (u2 * u2).sum(axis=1)  # [N*T]
+    sr_sum = (s * r).sum()
+    phi_sum = ops.matmul((a2 * r.reshape(-1, 1)).T, a2)
+    psi_sum = ops.matmul((u2 * s.reshape(-1, 1)).T, u2)
+    return sr_sum, phi_sum, psi_sum
+
+
+def tkfac_from_sums(sr_sum: Tensor, phi_sum: Tensor, psi_sum: Tensor,
+                    n: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    """``delta = sr_sum / N``, ``Phi = phi_sum / (N delta)``, ``Psi = psi_sum / (N delta)``.
+
+    Spec Sec. 2, with its guard: if ``delta <= 1e-30`` then ``Phi = I/d_in``, ``Psi = I/d_out``
+    (``delta`` is kept as computed). ``tr(Phi) = tr(Psi) = 1`` otherwise.
+
+    Returns:
+        ``delta`` (scalar), ``phi`` ``[d_in, d_in]``, ``psi`` ``[d_out, d_out]``.
+    """
+    delta = sr_sum / n
+    alive = delta > DELTA_GUARD
+    denom = ops.select(alive, sr_sum, ops.ones_like(sr_sum))  # N * delta, never zero
+    d_in, d_out = phi_sum.shape[0], psi_sum.shape[0]
+    eye_in = ops.eye(d_in, d_in, phi_sum.dtype) / d_in
+    eye_out = ops.eye(d_out, d_out, psi_sum.dtype) / d_out
+    phi = ops.select(alive, phi_sum / denom, eye_in)
+    psi = ops.select(alive, psi_sum / denom, eye_out)
+    return delta, phi, psi
+
+
+def tkfac_stats(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """TKFAC statistics of one batch: ``(delta, Phi, Psi)`` (spec Sec. 2, paper Eq. 8, 12).
+
+    Args:
+        a: ``[N, T, d_in]``.
+        u: ``[N, T, d_out]``.
+
+    Returns:
+        ``delta`` (scalar, ``= tr F``), ``phi`` ``[d_in, d_in]``, ``psi`` ``[d_out, d_out]``.
+    """
+    return tkfac_from_sums(*tkfac_sums(a, u), a.shape[0])
+
+
+def kfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch sums behind the KFAC factors (spec Sec. 6).
+
+    Returns:
+        ``a_sum = sum_{n,t} a a^T`` ``[d_in, d_in]`` and ``g_sum = (1/T) sum_{n,t} u u^T``
+        ``[d_out, d_out]`` (``T`` is the same on every worker, so dividing by it early keeps
+        the all-reduce a plain sum).
+    """
+    a2, u2 = _flatten(a), _flatten(u)
+    return ops.matmul(a2.T, a2), ops.matmul(u2.T, u2) / u.shape[1]
+
+
+def kfac_stats(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """KFAC factors of one batch: ``A = (1/N) sum a a^T``, ``G = (1/(N T)) sum u u^T`` (spec Sec. 6).
+
+    Args:
+        a: ``[N, T, d_in]``.
+        u: ``[N, T, d_out]``.
+
+    Returns:
+        ``A`` ``[d_in, d_in]`` and ``G`` ``[d_out, d_out]``.
+    """
+    a_sum, g_sum = kfac_sums(a, u)
+    n = a.shape[0]
+    return a_sum / n, g_sum / n
+
+
+def _eye_like(m: Tensor) -> Tensor:
+    return ops.eye(m.shape[0], m.shape[0], m.dtype)
+
+
+def tkfac_nor_damping(delta: Tensor, phi: Tensor, psi: Tensor,
+                      damping: Tensor | float) -> tuple[Tensor, Tensor]:
+    """TKFAC_nor damping (spec Sec. 3, paper Eq. 14).
+
+    ``Phi_hat = sqrt(delta) Phi + sqrt(lambda) I``, ``Psi_hat = sqrt(delta) Psi + sqrt(lambda) I``.
+    """
+    sd = ops.sqrt(delta)
+    sl = ops.sqrt(ops.cast(damping, phi.dtype) if isinstance(damping, Tensor)
+                  else Tensor(damping, phi.dtype))
+    return sd * phi + sl * _eye_like(phi), sd * psi + sl * _eye_like(psi)
+
+
+def tkfac_new_delta(delta: Tensor, nu: float, beta: Tensor | None = None) -> Tensor:
+    """The restricted trace ``delta~`` of TKFAC_new (spec Sec. 3, paper Eq. 15-16).
+
+    Conv layers (``beta is None``): ``max(nu, delta)``; dense layers: ``max(nu, beta * delta)``.
+    """
+    scaled = delta if beta is None else beta * delta
+    return ops.maximum(scaled, ops.full_like(delta, nu))
+
+
+def tkfac_new_beta(conv_deltas: list[Tensor] | tuple[Tensor, ...], nu: float) -> Tensor:
+    """``beta = max over live conv layers of max(nu, delta) / delta``; 1 if none (Eq. 16).
+
+    A layer is live when ``delta > 1e-30`` (spec Sec. 3).
+    """
+    beta = Tensor(1.0, conv_deltas[0].dtype) if conv_deltas else Tensor(1.0)
+    for delta in conv_deltas:
+        alive = delta > DELTA_GUARD
+        safe = ops.select(alive, delta, ops.ones_like(delta))
+        ratio = ops.select(alive, ops.maximum(safe, ops.full_like(safe, nu)) / safe,
+                           ops.ones_like(safe))
+        beta = ops.maximum(beta, ratio)
+    return beta
+
+
+def tkfac_new_damping(delta_tilde: Tensor, phi: Tensor, psi: Tensor) -> tuple[Tensor, Tensor]:
+    """TKFAC_new damped factors (spec Sec. 3, paper Eq. 15).
+
+    ``Phi~ = sqrt(delta~) Phi + (delta~ / d_in) I``, ``Psi~ = sqrt(delta~) Psi + (delta~ / d_out) I``.
+    """
+    sd = ops.sqrt(delta_tilde)
+    d_in, d_out = phi.shape[0], psi.shape[0]
+    return (sd * phi + (delta_tilde / d_in) * _eye_like(phi),
+            sd * psi + (delta_tilde / d_out) * _eye_like(psi))
+
+
+def kfac_pi_damping(a_factor: Tensor, g_factor: Tensor,
+                    damping: Tensor | float) -> tuple[Tensor, Tensor]:
+    """KFAC factored Tikhonov damping with ``pi`` (spec Sec. 6, Martens & Grosse 2015).
+
+    ``pi = sqrt((tr A / d_in) / (tr G / d_out))``,
+    ``A_hat = A + pi sqrt(lambda) I``, ``G_hat = G + sqrt(lambda) / pi I``.
+    """
+    d_in, d_out = a_factor.shape[0], g_factor.shape[0]
+    tr_a = ops.trace(a_factor) / d_in
+    tr_g = ops.trace(g_factor) / d_out
+    ok = ops.logical_and(tr_a > 0, tr_g > 0)
+    pi = ops.select(ok, ops.sqrt(tr_a / ops.select(ok, tr_g, ops.ones_like(tr_g))),
+                    ops.ones_like(tr_a))
+    sl = ops.sqrt(ops.cast(damping, a_factor.dtype) if isinstance(damping, Tensor)
+                  else Tensor(damping, a_factor.dtype))
+    return a_factor + (pi * sl) * _eye_like(a_factor), g_factor + (sl / pi) * _eye_like(g_factor)
+
+
+def moving_average(state: Tensor, current: Tensor, decay: float, first: Tensor) -> Tensor:
+    """Exponential moving average (spec Sec. 4, paper Eq. 17-18).
+
+    ``first``: the state is initialised to ``current``; later: ``decay*state + (1-decay)*current``.
+    """
+    return ops.select(first, current, decay * state + (1.0 - decay) * current)
+
+
+def spd_inverse(m: Tensor) -> Tensor:
+    """Inverse of a symmetric positive definite matrix by Cholesky (spec Sec. 4).
+
+    ``m = L L^T``; ``m^{-1}`` is ``cholesky_solve(I, L)``, symmetrised to remove rounding skew.
+    """
+    chol = ops.cholesky(m)
+    inv = ops.cholesky_solve(_eye_like(m), chol)
+    return 0.5 * (inv + inv.T)
+
+
+def precondition(grad_mat: Tensor, g_inv: Tensor, a_inv: Tensor) -> Tensor:
+    """``D = G_inv @ G_W @ A_inv`` (spec Sec. 5 step 3; TKFAC: ``Psi_hat^-1 G_W Phi_hat^-1``)."""
+    return ops.matmul(ops.matmul(g_inv, grad_mat), a_inv)
+
+
+def grad_matrix(weight_grad: Tensor, bias_grad: Tensor | None) -> Tensor:
+    """``G_W``: weight gradient as ``[d_out, C_in*k_h*k_w]`` with the bias column appended (Sec. 1)."""
+    mat = weight_grad.reshape(weight_grad.shape[0], -1)
+    if bias_grad is None:
+        return mat
+    return ops.concat((mat, bias_grad.reshape(-1, 1)), axis=1)
+
+
+def split_grad_matrix(mat: Tensor, weight_shape: tuple[int, ...],
+                      has_bias: bool) -> tuple[Tensor, Tensor | None]:
+    """Inverse of :func:`grad_matrix`: ``[d_out, d_in] -> (weight-shaped, bias or None)``."""
+    if has_bias:
+        return mat[:, :-1].reshape(weight_shape), mat[:, -1]
+    return mat.reshape(weight_shape), None

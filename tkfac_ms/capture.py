@@ -1,0 +1,292 @@
+"""Graph-mode capture of the per-sample statistics, by wrapping the user's own layers.
+
+How it works (GRAPH_MODE-safe, no Python hooks):
+
+``TKFACDense`` / ``TKFACConv2d`` hold the user's ``nn.Dense`` / ``nn.Conv2d`` and route its
+output through :class:`_FactorCapture`, an identity cell with a custom ``bprop``. That ``bprop``
+sees both the layer input ``x`` and the output gradient ``dout``, builds ``a`` (im2col with
+``ops.unfold``, bias column) and ``u``, and returns the batch *sums* of spec Sec. 2 (TKFAC) or
+Sec. 6 (KFAC) as the "gradients" of three probe inputs. The probes are the layer's own state
+Parameters ``<layer>.tkfac.delta``, ``.a_factor`` and ``.g_factor``: their values are never
+read by the forward pass, only their gradient slots are used. So:
+
+* a gradient taken with respect to the probes returns the statistics, with no per-sample buffer
+  and no side effect inside the backward pass (side effects in hooks are unreliable in graph
+  mode: ``HookBackward`` is dropped, ``InsertGradientOf`` cannot close over the layer input);
+* a gradient taken only with respect to the model weights does not ask for the probe slots, and
+  the compiler removes the im2col and covariance work as dead code. Steps that update no factor
+  therefore pay nothing for it (measured in ``bench/step_time.py``).
+
+The probe state Parameters have ``requires_grad=False``, so they are not in
+``net.trainable_params()`` and no other optimizer will ever touch them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore import dtype as mstype
+
+from tkfac_ms import _math
+from tkfac_ms.config import Approximation
+
+__all__ = ["TKFACLayer", "TKFACDense", "TKFACConv2d", "wrap_network", "find_wrappers"]
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[0]), int(v[1]))
+
+
+class _FactorCapture(nn.Cell):
+    """Identity on ``y`` whose ``bprop`` emits the factor statistics into the probe slots."""
+
+    def __init__(self, kind: str, has_bias: bool, kernel_size: tuple[int, int] = (1, 1),
+                 stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
+                 pads: tuple[int, int, int, int] = (0, 0, 0, 0)):
+        super().__init__()
+        self.kind = kind
+        self.has_bias = has_bias
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.pads = pads  # (top, bottom, left, right), as the layer pads
+        self.any_pad = any(p > 0 for p in pads)
+        self.is_kfac = False  # set by the optimizer (a compile-time constant)
+        self.compute_dtype = mstype.float32
+
+    def construct(self, x, y, p_delta, p_a, p_g):
+        return y
+
+    def patches(self, x):
+        """``a``: ``[N, T, d_in]`` im2col patches in ``(c, i, j)`` column order (+ bias column)."""
+        x = ops.cast(x, self.compute_dtype)
+        if self.kind == "conv":
+            if self.any_pad:
+                x = ops.pad(x, (self.pads[2], self.pads[3], self.pads[0], self.pads[1]))
+            cols = ops.unfold(x, self.kernel_size, self.dilation, 0, self.stride)  # [N, d, T]
+            a = cols.transpose(0, 2, 1)
+        else:
+            a = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.has_bias:
+            a = ops.concat((a, ops.ones((a.shape[0], a.shape[1], 1), a.dtype)), axis=2)
+        return a
+
+    def outputs(self, dout):
+        """``u``: ``[N, T, d_out]`` (before the per-sample scale, applied by the optimizer)."""
+        g = ops.cast(dout, self.compute_dtype)
+        if self.kind == "conv":
+            return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
+        return g.reshape(g.shape[0], -1, g.shape[-1])
+
+    def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
+        a = self.patches(x)
+        u = self.outputs(dout)
+        if self.is_kfac:
+            a_sum, g_sum = _math.kfac_sums(a, u)
+            sr = ops.zeros_like(p_delta)
+        else:
+            sr, a_sum, g_sum = _math.tkfac_sums(a, u)
+            sr = ops.cast(sr, p_delta.dtype).reshape(p_delta.shape)
+        return (ops.zeros_like(x), dout, sr, ops.cast(a_sum, p_a.dtype),
+                ops.cast(g_sum, p_g.dtype))
+
+
+class TKFACLayer(nn.Cell):
+    """Base of the wrappers: holds the user's layer and its TKFAC state Parameters.
+
+    State (named ``<layer path>.tkfac.<field>``, float32 unless ``factor_dtype`` says otherwise):
+
+    * ``delta``: the last factor-update batch's ``delta = tr F`` (TKFAC; 0 for KFAC);
+    * ``a_factor``, ``g_factor``: the moving-average state (TKFAC: damped ``Phi_hat``,
+      ``Psi_hat``; KFAC: undamped ``A``, ``G``), spec Sec. 4;
+    * ``a_inv``, ``g_inv``: their (damped) inverses.
+    """
+
+    kind = "dense"
+
+    def __init__(self, layer: nn.Cell, path: str, d_in: int, d_out: int, has_bias: bool,
+                 capture: _FactorCapture):
+        super().__init__(auto_prefix=False)
+        self.layer = layer
+        self.path = path
+        self.d_in = d_in
+        self.d_out = d_out
+        self.has_bias = has_bias
+        self.capture = capture
+        self.init_state(mstype.float32)
+
+    def init_state(self, dtype: mstype.Type) -> None:
+        """(Re)create the state Parameters in ``dtype`` (identity inverses, zero factors)."""
+        np_dtype = np.float64 if dtype == mstype.float64 else np.float32
+        self.factor_dtype = dtype
+        self.capture.compute_dtype = dtype
+
+        def param(field: str, value: np.ndarray) -> Parameter:
+            return Parameter(Tensor(value.astype(np_dtype)), name=f"{self.path}.tkfac.{field}",
+                             requires_grad=False)
+
+        self.delta = param("delta", np.zeros((), np_dtype))
+        self.a_factor = param("a_factor", np.zeros((self.d_in, self.d_in)))
+        self.g_factor = param("g_factor", np.zeros((self.d_out, self.d_out)))
+        self.a_inv = param("a_inv", np.eye(self.d_in))
+        self.g_inv = param("g_inv", np.eye(self.d_out))
+        self._rename_state()
+
+    def _rename_state(self) -> None:
+        for field in ("delta", "a_factor", "g_factor", "a_inv", "g_inv"):
+            getattr(self, field).name = f"{self.path}.tkfac.{field}"
+
+    @property
+    def weight(self) -> Parameter:
+        """The wrapped layer's weight."""
+        return self.layer.weight
+
+    @property
+    def bias(self) -> Parameter | None:
+        """The wrapped layer's bias, or None."""
+        return self.layer.bias if self.has_bias else None
+
+    def construct(self, x):
+        return self.capture(x, self.layer(x), self.delta, self.a_factor, self.g_factor)
+
+
+class TKFACDense(TKFACLayer):
+    """Wraps an ``nn.Dense`` (no activation inside): ``d_in = in_channels (+1)``, ``T = 1``."""
+
+    kind = "dense"
+
+    def __init__(self, layer: nn.Dense, path: str):
+        has_bias = bool(layer.has_bias)
+        d_in = int(layer.in_channels) + int(has_bias)
+        super().__init__(layer, path, d_in, int(layer.out_channels), has_bias,
+                         _FactorCapture("dense", has_bias))
+
+
+def _conv_pads(layer: nn.Conv2d) -> tuple[int, int, int, int]:
+    """Explicit ``(top, bottom, left, right)`` zero padding for pad_mode "pad"/"valid"."""
+    if layer.pad_mode == "valid":
+        return (0, 0, 0, 0)
+    pad = layer.padding
+    if isinstance(pad, int):
+        return (pad, pad, pad, pad)
+    if len(pad) == 2:
+        return (pad[0], pad[0], pad[1], pad[1])
+    return tuple(int(p) for p in pad)  # type: ignore[return-value]
+
+
+class TKFACConv2d(TKFACLayer):
+    """Wraps an ``nn.Conv2d`` (groups=1, NCHW): ``d_in = C_in k_h k_w (+1)``, ``T = H_out W_out``.
+
+    ``pad_mode`` "pad" and "valid" are supported for any stride and dilation.
+    """
+
+    kind = "conv"
+
+    def __init__(self, layer: nn.Conv2d, path: str):
+        has_bias = bool(layer.has_bias)
+        kh, kw = _pair(layer.kernel_size)
+        d_in = int(layer.in_channels) * kh * kw + int(has_bias)
+        capture = _FactorCapture("conv", has_bias, (kh, kw), _pair(layer.stride),
+                                 _pair(layer.dilation), _conv_pads(layer))
+        super().__init__(layer, path, d_in, int(layer.out_channels), has_bias, capture)
+
+
+def _unsupported_reason(cell: nn.Cell) -> str | None:
+    if isinstance(cell, nn.Conv2d):
+        if cell.group != 1:
+            return f"grouped convolution (group={cell.group})"
+        if getattr(cell, "data_format", "NCHW") != "NCHW":
+            return f"data_format={cell.data_format}"
+        if cell.pad_mode == "same":
+            return "pad_mode='same' (use pad_mode='pad' with explicit padding)"
+        return None
+    if isinstance(cell, nn.Dense):
+        if getattr(cell, "activation_flag", False):
+            return "nn.Dense with a built-in activation (its output is not the pre-activation)"
+        return None
+    return "not a Dense or Conv2d layer"
+
+
+def _wrap(cell: nn.Cell, path: str) -> TKFACLayer:
+    if isinstance(cell, nn.Conv2d):
+        return TKFACConv2d(cell, path)
+    return TKFACDense(cell, path)
+
+
+def find_wrappers(net: nn.Cell) -> list[TKFACLayer]:
+    """The TKFAC wrappers inside ``net``, in network order."""
+    return [c for _, c in net.cells_and_names() if isinstance(c, TKFACLayer)]
+
+
+def _replace_child(parent: nn.Cell, key: str, new: nn.Cell) -> None:
+    # Write the child slot directly: Cell.__setattr__ would re-prefix the user's parameter names.
+    parent._cells[key] = new
+    if hasattr(parent, "cell_list"):
+        parent.cell_list = list(parent._cells.values())
+
+
+def wrap_network(net: nn.Cell, skip: Iterable[str] = ()) -> list[TKFACLayer]:
+    """Wrap every supported ``nn.Dense`` and ``nn.Conv2d`` of ``net`` in place.
+
+    Args:
+        net: the user's network. Its layers are kept (wrapped, not re-implemented) and their
+            parameter names are unchanged, so existing checkpoints still load.
+        skip: ``fnmatch`` patterns of layer paths (as in ``net.cells_and_names()``) to leave
+            unwrapped; those layers get the plain momentum update.
+
+    Returns:
+        The wrappers, in network order (already-wrapped layers included, so calling this twice
+        is harmless).
+
+    An unsupported layer (grouped convolution, a Dense with a built-in activation, ...) is left
+    unwrapped, gets plain momentum, and a warning names it.
+    """
+    skip = tuple(skip)
+    if isinstance(skip, str):
+        raise ValueError("skip must be a sequence of name patterns, not a single string")
+    targets = []
+    for path, cell in net.cells_and_names():
+        if not path or isinstance(cell, TKFACLayer) or not isinstance(cell, (nn.Dense, nn.Conv2d)):
+            continue
+        if any(isinstance(c, TKFACLayer) for c in _parents(net, path)):
+            continue  # the user's layer inside an existing wrapper
+        if any(fnmatch.fnmatchcase(path, pat) for pat in skip):
+            continue
+        reason = _unsupported_reason(cell)
+        if reason is not None:
+            warnings.warn(f"TKFAC: layer '{path}' is not supported ({reason}); it is left "
+                          "unwrapped and gets the plain momentum update", stacklevel=2)
+            continue
+        targets.append((path, cell))
+    for path, cell in targets:
+        names = {id(p): p.name for p in cell.get_parameters()}
+        parent_path, _, key = path.rpartition(".")
+        parent = net if not parent_path else _get_cell(net, parent_path)
+        wrapper = _wrap(cell, path)
+        _replace_child(parent, key, wrapper)
+        for p in cell.get_parameters():
+            p.name = names[id(p)]
+        wrapper._rename_state()
+    return find_wrappers(net)
+
+
+def _get_cell(net: nn.Cell, path: str) -> nn.Cell:
+    cell = net
+    for key in path.split("."):
+        cell = cell._cells[key]
+    return cell
+
+
+def _parents(net: nn.Cell, path: str) -> list[nn.Cell]:
+    keys = path.split(".")
+    out, cell = [], net
+    for key in keys[:-1]:
+        cell = cell._cells[key]
+        out.append(cell)
+    return out

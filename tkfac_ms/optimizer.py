@@ -1,0 +1,264 @@
+"""TKFAC as a MindSpore ``nn.Optimizer`` (spec Sec. 3-5; paper Algorithm 1, Eq. 14-18).
+
+Orchestration only: the statistics come from the capture cells (``capture.py``) through
+:class:`~tkfac_ms.train_cell.TKFACTrainOneStepCell`, the formulas from ``_math.py``. The twin is
+``reference_torch/optimizer.py``.
+
+One optimizer step ``t`` (the counter ``tkfac.step`` lives in the graph):
+
+1. ``t % factor_update_steps == 0``: the train cell captures the batch sums and calls
+   :meth:`TKFAC.update_factors` (statistics, damping, moving average);
+2. ``t % inv_update_steps == 0``: both inverses of every layer are recomputed (Cholesky);
+3. ``D = g_inv @ G_W @ a_inv`` for wrapped layers, ``D = grad`` for every other parameter;
+4. optional KL clipping, then ``D += weight_decay * w`` for the parameters the filter selects;
+5. ``v = momentum * v + D``, ``w = w - lr_t * v``; 6. ``t += 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import dtype as mstype
+
+from tkfac_ms import _math
+from tkfac_ms.capture import TKFACLayer, wrap_network
+from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfig
+
+__all__ = ["TKFAC", "default_decay_filter"]
+
+_NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+
+_apply_update = ops.MultitypeFuncGraph("tkfac_apply_update")
+
+
+@_apply_update.register("Tensor", "Number", "Number", "Tensor", "Tensor", "Tensor")
+def _momentum_step(lr, momentum, weight_decay, weight, moment, d):
+    """Spec Sec. 5 steps 4-5: ``D += wd w``; ``v = tau v + D``; ``w -= lr v``."""
+    if weight_decay != 0.0:
+        d = d + weight_decay * weight
+    v = momentum * moment + d
+    v = ops.depend(v, ops.assign(moment, v))
+    return ops.assign(weight, weight - ops.cast(lr, weight.dtype) * v)
+
+
+def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:
+    """Weight decay for every parameter except normalization layers' ones and biases (1-D)."""
+    norm_ids = {id(p) for _, c in net.cells_and_names() if isinstance(c, _NORM_CELLS)
+                for p in c.get_parameters()}
+    return lambda p: id(p) not in norm_ids and len(p.shape) > 1
+
+
+class TKFAC(nn.Optimizer):
+    """Trace-restricted KFAC (Gao et al., AAAI 2021), with TKFAC_nor, TKFAC_new and KFAC.
+
+    Args:
+        net: the network to train. Its supported layers are wrapped in place by
+            :func:`~tkfac_ms.wrap_network` (if not wrapped yet); all its trainable parameters are
+            optimized (wrapped layers preconditioned, the others by plain momentum).
+        learning_rate: what ``nn.Optimizer`` accepts: float, per-step list/Tensor, or a
+            ``LearningRateSchedule``.
+        momentum: ``tau`` in ``[0, 1)``.
+        weight_decay: ``>= 0``, added after preconditioning to the parameters selected by
+            ``decay_filter`` (default :func:`default_decay_filter`).
+        damping: ``lambda > 0`` (TKFAC_nor, KFAC), a float or a per-step list.
+        nu: trace floor of TKFAC_new, ``> 0``.
+        approximation: ``"tkfac_nor"``, ``"tkfac_new"`` or ``"kfac"`` (or the enum).
+        factor_decay: ``epsilon`` in ``[0, 1)`` of the moving average.
+        factor_update_steps: ``T_FIM >= 1``.
+        inv_update_steps: ``T_INV >= 1``.
+        fisher: ``"true"`` (sampled labels, one extra backward on factor steps) or ``"empirical"``.
+        kl_clip: optional ``kappa > 0`` of KL clipping (spec Sec. 5); None disables it.
+        loss_reduction: ``"mean"`` or ``"sum"``: how the training loss reduces over the batch
+            (sets the per-sample scale of ``u`` for the empirical Fisher).
+        skip: name patterns of layers to leave unwrapped (used when wrapping here).
+        decay_filter: ``Parameter -> bool``, which parameters get weight decay.
+        factor_dtype: dtype of the factor state (default float32; float64 on Dense-only nets).
+    """
+
+    def __init__(self, net: nn.Cell, learning_rate, momentum: float = 0.9,
+                 weight_decay: float = 0.0, damping: float | Sequence[float] = 1e-3,
+                 nu: float = 1e-3, approximation: Approximation | str = "tkfac_nor",
+                 factor_decay: float = 0.95, factor_update_steps: int = 100,
+                 inv_update_steps: int = 100, fisher: FisherType | str = "true",
+                 kl_clip: float | None = None, loss_reduction: LossReduction | str = "mean",
+                 skip: Iterable[str] = (),
+                 decay_filter: Callable[[Parameter], bool] | None = None,
+                 factor_dtype: mstype.Type = mstype.float32):
+        if not isinstance(net, nn.Cell):
+            raise TypeError(f"net must be a mindspore.nn.Cell, got {type(net).__name__}")
+        if factor_dtype not in (mstype.float32, mstype.float64):
+            raise ValueError(f"factor_dtype must be float32 or float64, got {factor_dtype}")
+        cfg = TKFACConfig(momentum=momentum, weight_decay=weight_decay, damping=damping, nu=nu,
+                          approximation=approximation, factor_decay=factor_decay,
+                          factor_update_steps=factor_update_steps,
+                          inv_update_steps=inv_update_steps, fisher=fisher, kl_clip=kl_clip,
+                          loss_reduction=loss_reduction)
+        layers = [w for w in wrap_network(net, skip) if w.weight.requires_grad]
+        is_kfac = cfg.approximation == Approximation.KFAC
+        for w in layers:
+            if w.factor_dtype != factor_dtype:
+                w.init_state(factor_dtype)
+            w.capture.is_kfac = is_kfac
+        # Parameter order: each layer's weight (and bias), then every other trainable parameter.
+        layer_params: list[Parameter] = []
+        for w in layers:
+            layer_params += [w.weight] + ([w.bias] if w.has_bias else [])
+        taken = {id(p) for p in layer_params}
+        others = [p for p in net.trainable_params() if id(p) not in taken]
+        super().__init__(learning_rate, layer_params + others, weight_decay=0.0)
+
+        self.config = cfg
+        self.layers = layers  # plain list: not a sub-cell, parameters keep their names
+        self.layer_names = tuple(w.path for w in layers)
+        self.num_layers = len(layers)
+        self.num_layer_params = len(layer_params)
+        self.is_kfac = is_kfac
+        self.is_new = cfg.approximation == Approximation.TKFAC_NEW
+        self.is_conv = tuple(w.kind == "conv" for w in layers)
+        self.has_bias = tuple(w.has_bias for w in layers)
+        self.weight_shapes = tuple(tuple(w.weight.shape) for w in layers)
+        idx, w_idx, b_idx = 0, [], []
+        for w in layers:
+            w_idx.append(idx)
+            b_idx.append(idx + 1 if w.has_bias else -1)
+            idx += 2 if w.has_bias else 1
+        self.w_idx, self.b_idx = tuple(w_idx), tuple(b_idx)
+
+        self.factor_dtype = factor_dtype
+        np_dtype = np.float64 if factor_dtype == mstype.float64 else np.float32
+        self.momentum_value = cfg.momentum
+        self.factor_decay = cfg.factor_decay
+        self.nu = cfg.nu
+        self.kl_clip = cfg.kl_clip
+        self.factor_update_steps = cfg.factor_update_steps
+        self.inv_update_steps = cfg.inv_update_steps
+        damp = cfg.damping if isinstance(cfg.damping, tuple) else (cfg.damping,)
+        self.damping_values = Tensor(np.asarray(damp, dtype=np_dtype))
+        self.last_damping_index = len(damp) - 1
+        selects = decay_filter if decay_filter is not None else default_decay_filter(net)
+        self.decay_values = tuple(cfg.weight_decay if (cfg.weight_decay and selects(p)) else 0.0
+                                  for p in self._parameters)
+
+        self.moments = self._parameters.clone(prefix="moments", init="zeros")
+        self.tkfac_step = Parameter(Tensor(0, mstype.int32), name="tkfac.step",
+                                    requires_grad=False)
+        self.beta = Parameter(Tensor(1.0, factor_dtype), name="tkfac.beta", requires_grad=False)
+        self.delta_state = ParameterTuple([w.delta for w in layers])
+        self.a_factor = ParameterTuple([w.a_factor for w in layers])
+        self.g_factor = ParameterTuple([w.g_factor for w in layers])
+        self.a_inv = ParameterTuple([w.a_inv for w in layers])
+        self.g_inv = ParameterTuple([w.g_inv for w in layers])
+        probes: list[Parameter] = []
+        for w in layers:
+            probes += [w.delta, w.a_factor, w.g_factor]
+        self.probes = ParameterTuple(probes)
+
+    # ------------------------------------------------------------------ schedules
+    def is_factor_step(self):
+        """True on factor-update steps (``t % factor_update_steps == 0``)."""
+        return (self.tkfac_step % self.factor_update_steps) == 0
+
+    def is_inverse_step(self):
+        """True on inverse-update steps (``t % inv_update_steps == 0``)."""
+        return (self.tkfac_step % self.inv_update_steps) == 0
+
+    def current_damping(self):
+        """``lambda`` at the current step (the last value once a per-step list runs out)."""
+        i = ops.minimum(self.tkfac_step, self.last_damping_index)
+        return self.damping_values[i]
+
+    # ------------------------------------------------------------------ factors
+    def update_factors(self, stats, count, u_scale2):
+        """Spec Sec. 2-4 on one batch: statistics, damping, moving average of every layer.
+
+        Args:
+            stats: per layer ``(sr_sum, phi_sum, psi_sum)`` (TKFAC) or ``(0, a_sum, g_sum)``
+                (KFAC), as the capture cells emit them (already summed over workers).
+            count: ``N``, the number of samples behind the sums.
+            u_scale2: ``c^2``, the square of the factor that turns the captured output gradients
+                into per-sample ones (``N / loss_scale`` for a mean loss, ``1`` for sampled labels).
+        """
+        first = self.tkfac_step == 0
+        decay = self.factor_decay
+        count = ops.cast(count, self.factor_dtype)
+        c2 = ops.cast(u_scale2, self.factor_dtype)
+        damping = self.current_damping()
+        beta = self.beta
+        if self.is_new:
+            conv_deltas = ()
+            for i in range(self.num_layers):
+                if self.is_conv[i]:
+                    conv_deltas += (stats[3 * i] * c2 / count,)
+            beta = _math.tkfac_new_beta(conv_deltas, self.nu)
+            ops.assign(self.beta, beta)
+        for i in range(self.num_layers):
+            if self.is_kfac:
+                cur_a = stats[3 * i + 1] / count
+                cur_g = stats[3 * i + 2] * c2 / count
+            else:
+                delta, phi, psi = _math.tkfac_from_sums(stats[3 * i] * c2, stats[3 * i + 1] * c2,
+                                                        stats[3 * i + 2] * c2, count)
+                if self.is_new:
+                    dt = _math.tkfac_new_delta(delta, self.nu, None if self.is_conv[i] else beta)
+                    cur_a, cur_g = _math.tkfac_new_damping(dt, phi, psi)
+                else:
+                    cur_a, cur_g = _math.tkfac_nor_damping(delta, phi, psi, damping)
+                ops.assign(self.delta_state[i], delta)
+            ops.assign(self.a_factor[i],
+                       _math.moving_average(self.a_factor[i], cur_a, decay, first))
+            ops.assign(self.g_factor[i],
+                       _math.moving_average(self.g_factor[i], cur_g, decay, first))
+        return first
+
+    def update_inverses(self):
+        """Spec Sec. 4: invert the (damped) state of every layer by Cholesky."""
+        damping = self.current_damping()
+        for i in range(self.num_layers):
+            a, g = self.a_factor[i], self.g_factor[i]
+            if self.is_kfac:
+                a, g = _math.kfac_pi_damping(a, g, damping)
+            ops.assign(self.a_inv[i], _math.spd_inverse(a))
+            ops.assign(self.g_inv[i], _math.spd_inverse(g))
+        return damping
+
+    # ------------------------------------------------------------------ step
+    def precondition(self, gradients):
+        """Spec Sec. 5 step 3: ``D`` for every parameter, in the optimizer's parameter order."""
+        out = ()
+        for i in range(self.num_layers):
+            gw = gradients[self.w_idx[i]]
+            gb = gradients[self.b_idx[i]] if self.has_bias[i] else None
+            mat = _math.grad_matrix(ops.cast(gw, self.factor_dtype),
+                                    None if gb is None else ops.cast(gb, self.factor_dtype))
+            d = _math.precondition(mat, self.g_inv[i], self.a_inv[i])
+            dw, db = _math.split_grad_matrix(d, self.weight_shapes[i], self.has_bias[i])
+            out += (ops.cast(dw, gw.dtype),)
+            if self.has_bias[i]:
+                out += (ops.cast(db, gb.dtype),)
+        return out + gradients[self.num_layer_params:]
+
+    def kl_scale(self, updates, gradients, lr):
+        """KL clipping factor ``min(1, sqrt(kappa / (lr^2 sum_layers <D, G_W>)))`` (Sec. 5)."""
+        vg = ops.zeros((), mstype.float32)
+        for i in range(self.num_layer_params):
+            vg = vg + ops.cast((updates[i] * gradients[i]).sum(), mstype.float32)
+        lr32 = ops.cast(lr, mstype.float32)
+        denom = lr32 * lr32 * vg
+        safe = ops.select(denom > 0, denom, ops.ones_like(denom))
+        return ops.select(denom > 0, ops.minimum(ops.sqrt(self.kl_clip / safe),
+                                                 ops.ones_like(safe)), ops.ones_like(safe))
+
+    def construct(self, gradients):
+        lr = self.get_lr()
+        if self.is_inverse_step():
+            self.update_inverses()
+        updates = self.precondition(gradients)
+        if self.kl_clip is not None:
+            nu = self.kl_scale(updates, gradients, lr)
+            updates = tuple(u * ops.cast(nu, u.dtype) for u in updates)
+        success = self.hyper_map(ops.partial(_apply_update, lr, self.momentum_value),
+                                 self.decay_values, self._parameters, self.moments, updates)
+        ops.assign_add(self.tkfac_step, ops.ones((), mstype.int32))
+        return success

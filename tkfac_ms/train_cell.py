@@ -1,0 +1,188 @@
+"""The TKFAC training step: forward, backward(s), factor capture and the optimizer, in one graph.
+
+``TKFACTrainOneStepCell(net_with_loss, optimizer)(data, label) -> loss`` works like
+``nn.TrainOneStepCell`` (and ``nn.TrainOneStepWithLossScaleCell`` when given ``scale_sense``),
+so ``mindspore.train.Model(cell).train(...)`` runs TKFAC.
+
+Per step (spec Sec. 5), all decided inside the compiled graph from ``tkfac.step``:
+
+* ordinary steps: one backward with respect to the weights only. The capture cells' statistics
+  are not asked for, so no im2col, covariance or inversion is computed;
+* factor-update steps, ``fisher="empirical"``: the same backward also asks for the probe slots,
+  which hold the batch sums built from the true-label gradients;
+* factor-update steps, ``fisher="true"``: a second backward of ``sum_n -log p(y~_n | x_n)`` with
+  ``y~_n ~ Categorical(softmax(logits_n))`` (or the ``sampled_label`` given), with respect to the
+  probes only. Its forward pass would update BatchNorm running statistics a second time; they are
+  restored, so BatchNorm sees each batch once, as in the reference.
+
+A step whose gradients or statistics are not finite changes no parameter and no factor, does not
+advance ``tkfac.step``, and adds one to ``tkfac.nonfinite_steps``.
+"""
+
+from __future__ import annotations
+
+from mindspore import Parameter, ParameterTuple, Tensor, amp, nn, ops
+from mindspore import dtype as mstype
+from mindspore.communication.management import GlobalComm, get_group_size
+from mindspore.context import ParallelMode
+from mindspore.parallel._utils import _get_parallel_mode
+
+from tkfac_ms.config import FisherType, LossReduction
+from tkfac_ms.optimizer import TKFAC
+
+__all__ = ["TKFACTrainOneStepCell"]
+
+_grad_scale = ops.MultitypeFuncGraph("tkfac_grad_scale")
+
+
+@_grad_scale.register("Tensor", "Tensor")
+def _unscale(scale, grad):
+    return grad * ops.cast(ops.reciprocal(scale), grad.dtype)
+
+
+class _SampledNLL(nn.Cell):
+    """``sum_n -log softmax(logits_n)[y~_n]`` with ``y~`` sampled from the model (or given)."""
+
+    def __init__(self, backbone: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.backbone = backbone
+
+    def construct(self, data, sampled_label):
+        logits = self.backbone(data)
+        logp = ops.log_softmax(ops.cast(logits, mstype.float32), axis=-1)
+        if sampled_label is None:
+            # Gumbel-max: argmax(log p + G), G ~ Gumbel(0, 1), is a draw from softmax(logits).
+            uniform = ops.uniform(logp.shape, Tensor(1e-20, mstype.float32),
+                                  Tensor(1.0, mstype.float32))
+            gumbel = -ops.log(-ops.log(uniform))
+            sampled_label = ops.stop_gradient(ops.argmax(logp + gumbel, dim=-1))
+        onehot = ops.one_hot(ops.cast(sampled_label, mstype.int32), logp.shape[-1],
+                             Tensor(1.0, mstype.float32), Tensor(0.0, mstype.float32))
+        return -(onehot * logp).sum()
+
+
+class TKFACTrainOneStepCell(nn.Cell):
+    """One TKFAC training step in GRAPH_MODE: ``cell(data, label[, sampled_label]) -> loss``.
+
+    Args:
+        network: the network with its loss, called as ``network(data, label) -> scalar loss``
+            (e.g. ``nn.WithLossCell``).
+        optimizer: a :class:`~tkfac_ms.TKFAC` built on the network's backbone.
+        scale_sense: optional loss scaling, as in ``nn.TrainOneStepWithLossScaleCell``: a Tensor
+            (fixed scale) or an update cell such as
+            ``DynamicLossScaleManager(...).get_update_cell()``. The captured output gradients are
+            unscaled before they enter the factors.
+        backbone: the logits network, needed for ``fisher="true"``; defaults to
+            ``network.backbone_network`` (``nn.WithLossCell``). The sampled-label loss is
+            softmax cross-entropy, so the backbone must output class logits.
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: TKFAC, scale_sense=None,
+                 backbone: nn.Cell | None = None):
+        super().__init__(auto_prefix=False)
+        if not isinstance(optimizer, TKFAC):
+            raise TypeError(f"optimizer must be a tkfac_ms.TKFAC, got {type(optimizer).__name__}")
+        self.network = network
+        self.network.set_grad()
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.probes = optimizer.probes
+        self.num_weights = len(self.weights)
+        self.weights_and_probes = ParameterTuple(tuple(self.weights) + tuple(self.probes))
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.grad_probes = ops.GradOperation(get_by_list=True)
+        self.hyper_map = ops.HyperMap()
+        cfg = optimizer.config
+        self.empirical = cfg.fisher == FisherType.EMPIRICAL
+        self.mean_loss = cfg.loss_reduction == LossReduction.MEAN
+        if not self.empirical:
+            if backbone is None:
+                backbone = getattr(network, "backbone_network", None)
+            if backbone is None:
+                raise ValueError("fisher='true' needs the logits network: pass backbone=..., or "
+                                 "use nn.WithLossCell, or set fisher='empirical'")
+            self.sampled_nll = _SampledNLL(backbone)
+            state_ids = {id(p) for p in self.probes}
+            state_ids |= {id(w.a_inv) for w in optimizer.layers}
+            state_ids |= {id(w.g_inv) for w in optimizer.layers}
+            buffers = [p for p in backbone.get_parameters()
+                       if not p.requires_grad and id(p) not in state_ids]
+            self.buffers = ParameterTuple(buffers)
+        self.loss_scaling_manager = None
+        if isinstance(scale_sense, nn.Cell):
+            self.loss_scaling_manager = scale_sense
+            self.scale_sense = Parameter(Tensor(scale_sense.get_loss_scale(), mstype.float32),
+                                         name="scale_sense")
+        elif isinstance(scale_sense, Tensor):
+            if scale_sense.shape not in ((), (1,)):
+                raise ValueError(f"scale_sense must be a scalar Tensor, got shape "
+                                 f"{scale_sense.shape}")
+            self.scale_sense = Parameter(ops.cast(scale_sense, mstype.float32).reshape(()),
+                                         name="scale_sense")
+        elif scale_sense is None:
+            self.scale_sense = Parameter(Tensor(1.0, mstype.float32), name="scale_sense")
+        else:
+            raise TypeError("scale_sense must be None, a Tensor or a loss-scale update Cell, "
+                            f"got {type(scale_sense).__name__}")
+        self.nonfinite_steps = Parameter(Tensor(0, mstype.int32), name="tkfac.nonfinite_steps",
+                                         requires_grad=False)
+        parallel = _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL)
+        self.distributed = parallel and get_group_size() > 1
+        self.grad_reducer = ops.identity
+        if self.distributed:
+            mean = True
+            self.grad_reducer = nn.DistributedGradReducer(self.weights, mean, get_group_size())
+            self.allreduce = ops.AllReduce(ops.ReduceOp.SUM, GlobalComm.WORLD_COMM_GROUP)
+
+    def _reduce_stats(self, stats, count):
+        """Data parallelism: all-reduce the statistics' *sums* and ``N`` (spec Sec. 2)."""
+        if self.distributed:
+            stats = tuple(self.allreduce(s) for s in stats)
+            count = self.allreduce(count)
+        return stats, count
+
+    def construct(self, data, label, sampled_label=None):
+        loss = self.network(data, label)
+        scale = self.scale_sense
+        sens = ops.fill(loss.dtype, loss.shape, 1.0) * ops.cast(scale, loss.dtype)
+        count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
+        capture = self.optimizer.is_factor_step()
+        if self.empirical:
+            if capture:
+                both = self.grad(self.network, self.weights_and_probes)(data, label, sens)
+                grads = self.hyper_map(ops.partial(_grad_scale, scale),
+                                       both[:self.num_weights])
+                grads = self.grad_reducer(grads)
+                stats, total = self._reduce_stats(both[self.num_weights:], count)
+                finite = amp.all_finite(grads + stats)
+                # u = c * dout, c = N / S for a mean loss and 1 / S for a sum loss.
+                c = count / scale if self.mean_loss else 1.0 / scale
+                if finite:
+                    self.optimizer.update_factors(stats, total, c * c)
+            else:
+                grads = self.grad(self.network, self.weights)(data, label, sens)
+                grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
+                grads = self.grad_reducer(grads)
+                finite = amp.all_finite(grads)
+        else:
+            grads = self.grad(self.network, self.weights)(data, label, sens)
+            grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
+            grads = self.grad_reducer(grads)
+            finite = amp.all_finite(grads)
+            if capture:
+                saved = tuple(ops.identity(b) for b in self.buffers)
+                stats = self.grad_probes(self.sampled_nll, self.probes)(data, sampled_label)
+                for b, v in zip(self.buffers, saved):
+                    ops.assign(b, v)
+                stats, total = self._reduce_stats(stats, count)
+                finite = ops.logical_and(finite, amp.all_finite(stats))
+                if finite:
+                    self.optimizer.update_factors(stats, total, ops.ones((), mstype.float32))
+        overflow = ops.logical_not(finite)
+        if self.loss_scaling_manager is not None:
+            overflow = self.loss_scaling_manager(self.scale_sense, overflow)
+        if overflow:
+            ops.assign_add(self.nonfinite_steps, ops.ones((), mstype.int32))
+        else:
+            self.optimizer(grads)
+        return loss
