@@ -1,0 +1,1 @@
+"""Sources of the model zoo: networks (``models``), data pipelines (``dataset``)."""
