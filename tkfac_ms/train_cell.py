@@ -134,6 +134,10 @@ class TKFACTrainOneStepCell(nn.Cell):
             self.grad_reducer = nn.DistributedGradReducer(self.weights, mean, get_group_size())
             self.allreduce = ops.AllReduce(ops.ReduceOp.SUM, GlobalComm.WORLD_COMM_GROUP)
 
+    @staticmethod
+    def _sens(loss, scale):
+        return ops.fill(loss.dtype, loss.shape, 1.0) * ops.cast(scale, loss.dtype)
+
     def _reduce_stats(self, stats, count):
         """Data parallelism: all-reduce the statistics' *sums* and ``N`` (spec Sec. 2)."""
         if self.distributed:
@@ -142,13 +146,15 @@ class TKFACTrainOneStepCell(nn.Cell):
         return stats, count
 
     def construct(self, data, label, sampled_label=None):
-        loss = self.network(data, label)
         scale = self.scale_sense
-        sens = ops.fill(loss.dtype, loss.shape, 1.0) * ops.cast(scale, loss.dtype)
         count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
         capture = self.optimizer.is_factor_step()
         if self.empirical:
+            # The forward runs inside each branch so that the compiler shares it with the
+            # backward (a forward outside the branch would be computed twice).
             if capture:
+                loss = self.network(data, label)
+                sens = self._sens(loss, scale)
                 both = self.grad(self.network, self.weights_and_probes)(data, label, sens)
                 grads = self.hyper_map(ops.partial(_grad_scale, scale),
                                        both[:self.num_weights])
@@ -160,11 +166,15 @@ class TKFACTrainOneStepCell(nn.Cell):
                 if finite:
                     self.optimizer.update_factors(stats, total, c * c)
             else:
+                loss = self.network(data, label)
+                sens = self._sens(loss, scale)
                 grads = self.grad(self.network, self.weights)(data, label, sens)
                 grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
                 grads = self.grad_reducer(grads)
                 finite = amp.all_finite(grads)
         else:
+            loss = self.network(data, label)
+            sens = self._sens(loss, scale)
             grads = self.grad(self.network, self.weights)(data, label, sens)
             grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
             grads = self.grad_reducer(grads)
