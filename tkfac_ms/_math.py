@@ -14,6 +14,16 @@ from __future__ import annotations
 from mindspore import Tensor, ops
 from mindspore import dtype as mstype
 
+def const(value: float, like: Tensor) -> Tensor:
+    """``value`` as a scalar of ``like``'s dtype.
+
+    In GRAPH_MODE a bare Python float becomes a float32 constant (0.9 -> 0.8999999762) even
+    next to a float64 tensor, and Python scalar arithmetic inside a graph is done in float32
+    too; ``Tensor(value, dtype)`` keeps full precision.
+    """
+    return Tensor(value, like.dtype)
+
+
 #: A layer whose ``delta`` is at most this is "dead": its factors fall back to scaled identities.
 DELTA_GUARD = 1e-30
 
@@ -133,7 +143,7 @@ def tkfac_new_delta(delta: Tensor, nu: float, beta: Tensor | None = None) -> Ten
     Conv layers (``beta is None``): ``max(nu, delta)``; dense layers: ``max(nu, beta * delta)``.
     """
     scaled = delta if beta is None else beta * delta
-    return ops.maximum(scaled, ops.full_like(delta, nu))
+    return ops.maximum(scaled, const(nu, delta))
 
 
 def tkfac_new_beta(conv_deltas: list[Tensor] | tuple[Tensor, ...], nu: float) -> Tensor:
@@ -145,7 +155,7 @@ def tkfac_new_beta(conv_deltas: list[Tensor] | tuple[Tensor, ...], nu: float) ->
     for delta in conv_deltas:
         alive = delta > DELTA_GUARD
         safe = ops.select(alive, delta, ops.ones_like(delta))
-        ratio = ops.select(alive, ops.maximum(safe, ops.full_like(safe, nu)) / safe,
+        ratio = ops.select(alive, ops.maximum(safe, const(nu, safe)) / safe,
                            ops.ones_like(safe))
         beta = ops.maximum(beta, ratio)
     return beta
@@ -185,7 +195,8 @@ def moving_average(state: Tensor, current: Tensor, decay: float, first: Tensor) 
 
     ``first``: the state is initialised to ``current``; later: ``decay*state + (1-decay)*current``.
     """
-    return ops.select(first, current, decay * state + (1.0 - decay) * current)
+    eps = const(decay, state)  # 1 - eps is formed in the state's dtype: graph-mode scalar
+    return ops.select(first, current, eps * state + (const(1.0, state) - eps) * current)
 
 
 def spd_inverse(m: Tensor) -> Tensor:

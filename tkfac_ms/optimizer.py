@@ -37,8 +37,8 @@ _apply_update = ops.MultitypeFuncGraph("tkfac_apply_update")
 def _momentum_step(lr, momentum, weight_decay, weight, moment, d):
     """Spec Sec. 5 steps 4-5: ``D += wd w``; ``v = tau v + D``; ``w -= lr v``."""
     if weight_decay != 0.0:
-        d = d + weight_decay * weight
-    v = momentum * moment + d
+        d = d + _math.const(weight_decay, weight) * weight
+    v = _math.const(momentum, moment) * moment + d
     v = ops.depend(v, ops.assign(moment, v))
     return ops.assign(weight, weight - ops.cast(lr, weight.dtype) * v)
 
@@ -241,13 +241,13 @@ class TKFAC(nn.Optimizer):
 
     def kl_scale(self, updates, gradients, lr):
         """KL clipping factor ``min(1, sqrt(kappa / (lr^2 sum_layers <D, G_W>)))`` (Sec. 5)."""
-        vg = ops.zeros((), mstype.float32)
+        vg = ops.zeros((), self.factor_dtype)
         for i in range(self.num_layer_params):
-            vg = vg + ops.cast((updates[i] * gradients[i]).sum(), mstype.float32)
-        lr32 = ops.cast(lr, mstype.float32)
-        denom = lr32 * lr32 * vg
+            vg = vg + ops.cast((updates[i] * gradients[i]).sum(), self.factor_dtype)
+        lr_f = ops.cast(lr, self.factor_dtype)
+        denom = lr_f * lr_f * vg
         safe = ops.select(denom > 0, denom, ops.ones_like(denom))
-        return ops.select(denom > 0, ops.minimum(ops.sqrt(self.kl_clip / safe),
+        return ops.select(denom > 0, ops.minimum(ops.sqrt(_math.const(self.kl_clip, safe) / safe),
                                                  ops.ones_like(safe)), ops.ones_like(safe))
 
     def construct(self, gradients):
