@@ -27,6 +27,7 @@ from mindspore.communication.management import GlobalComm, get_group_size
 from mindspore.context import ParallelMode
 from mindspore.parallel._utils import _get_parallel_mode
 
+from tkfac_ms import _math
 from tkfac_ms.config import FisherType, LossReduction
 from tkfac_ms.optimizer import TKFAC
 
@@ -74,6 +75,30 @@ class _SampledNLL(nn.Cell):
         return -(ops.cast(onehot, logp.dtype) * logp).sum()
 
 
+class _BatchStatistics(nn.Cell):
+    """The probe gradients of one batch, leaving every parameter and buffer as it was."""
+
+    def __init__(self, network: nn.Cell, sampled_nll: nn.Cell | None, probes: ParameterTuple,
+                 buffers: ParameterTuple):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.sampled_nll = sampled_nll
+        self.empirical = sampled_nll is None
+        self.probes = probes
+        self.buffers = buffers
+        self.grad_probes = ops.GradOperation(get_by_list=True)
+
+    def construct(self, data, label, sampled_label=None):
+        saved = tuple(ops.identity(b) for b in self.buffers)
+        if self.empirical:
+            stats = self.grad_probes(self.network, self.probes)(data, label)
+        else:
+            stats = self.grad_probes(self.sampled_nll, self.probes)(data, sampled_label)
+        for b, v in zip(self.buffers, saved):
+            ops.assign(b, v)
+        return stats
+
+
 class TKFACTrainOneStepCell(nn.Cell):
     """One TKFAC training step in GRAPH_MODE: ``cell(data, label[, sampled_label]) -> loss``.
 
@@ -103,7 +128,6 @@ class TKFACTrainOneStepCell(nn.Cell):
         self.num_weights = len(self.weights)
         self.weights_and_probes = ParameterTuple(tuple(self.weights) + tuple(self.probes))
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-        self.grad_probes = ops.GradOperation(get_by_list=True)
         self.hyper_map = ops.HyperMap()
         cfg = optimizer.config
         self.empirical = cfg.fisher == FisherType.EMPIRICAL
@@ -115,12 +139,14 @@ class TKFACTrainOneStepCell(nn.Cell):
                 raise ValueError("fisher='true' needs the logits network: pass backbone=..., or "
                                  "use nn.WithLossCell, or set fisher='empirical'")
             self.sampled_nll = _SampledNLL(backbone)
-            state_ids = {id(p) for p in self.probes}
-            state_ids |= {id(w.a_inv) for w in optimizer.layers}
-            state_ids |= {id(w.g_inv) for w in optimizer.layers}
-            buffers = [p for p in backbone.get_parameters()
-                       if not p.requires_grad and id(p) not in state_ids]
-            self.buffers = ParameterTuple(buffers)
+        # Non-trainable network parameters other than the TKFAC state: BatchNorm running
+        # statistics and the like, which an extra forward pass must not update.
+        state_ids = {id(p) for w in optimizer.layers
+                     for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)}
+        self.buffers = ParameterTuple([p for p in network.get_parameters()
+                                       if not p.requires_grad and id(p) not in state_ids])
+        self.batch_statistics = _BatchStatistics(
+            network, None if self.empirical else self.sampled_nll, self.probes, self.buffers)
         self.loss_scaling_manager = None
         if isinstance(scale_sense, nn.Cell):
             self.loss_scaling_manager = scale_sense
@@ -146,6 +172,34 @@ class TKFACTrainOneStepCell(nn.Cell):
             mean = True
             self.grad_reducer = nn.DistributedGradReducer(self.weights, mean, get_group_size())
             self.allreduce = ops.AllReduce(ops.ReduceOp.SUM, GlobalComm.WORLD_COMM_GROUP)
+
+    def layer_statistics(self, data, label, sampled_label=None) -> dict[str, dict[str, Tensor]]:
+        """The statistics of one batch for every preconditioned layer; changes no state.
+
+        For parity tests and diagnostics: the same capture as a factor-update step (true or
+        empirical Fisher as configured; ``sampled_label`` as in ``construct``), without the
+        damping, the moving average or any parameter update, and with BatchNorm statistics
+        restored. Runs on this worker only (no all-reduce).
+
+        Returns:
+            ``{layer path: {"delta", "phi", "psi"}}`` (TKFAC, spec Sec. 2) or
+            ``{layer path: {"a", "g"}}`` (KFAC's ``A`` and ``G``, spec Sec. 6).
+        """
+        stats = self.batch_statistics(data, label, sampled_label)
+        opt = self.optimizer
+        n = float(data.shape[0])
+        c = (n if self.mean_loss else 1.0) if self.empirical else 1.0
+        out: dict[str, dict[str, Tensor]] = {}
+        for i, path in enumerate(opt.layer_names):
+            sr, a_sum, g_sum = stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]
+            c2 = Tensor(c * c, a_sum.dtype)
+            if opt.is_kfac:
+                out[path] = {"a": a_sum / n, "g": g_sum * c2 / n}
+            else:
+                delta, phi, psi = _math.tkfac_from_sums(sr * c2, a_sum * c2, g_sum * c2,
+                                                        Tensor(n, a_sum.dtype))
+                out[path] = {"delta": delta, "phi": phi, "psi": psi}
+        return out
 
     @staticmethod
     def _sens(loss, scale):
@@ -193,10 +247,7 @@ class TKFACTrainOneStepCell(nn.Cell):
             grads = self.grad_reducer(grads)
             finite = amp.all_finite(grads)
             if capture:
-                saved = tuple(ops.identity(b) for b in self.buffers)
-                stats = self.grad_probes(self.sampled_nll, self.probes)(data, sampled_label)
-                for b, v in zip(self.buffers, saved):
-                    ops.assign(b, v)
+                stats = self.batch_statistics(data, label, sampled_label)
                 stats, total = self._reduce_stats(stats, count)
                 finite = ops.logical_and(finite, amp.all_finite(stats))
                 if finite:
