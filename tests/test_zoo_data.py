@@ -23,6 +23,7 @@ N_DIGITS_TRAIN, N_DIGITS_TEST = 1438, 359
 # The published normalization constants, written out here (not imported) so a wrong constant in
 # the loader fails the tests.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -35,10 +36,10 @@ def _concat(data):
     return np.concatenate([r["image"] for r in rows]), np.concatenate([r["label"] for r in rows])
 
 
-def _cifar_pixels(images: np.ndarray) -> np.ndarray:
-    """Undo the CIFAR-10 normalization: float NCHW -> uint8-valued float NCHW."""
-    mean = 255 * np.asarray(CIFAR10_MEAN)[:, None, None]
-    std = 255 * np.asarray(CIFAR10_STD)[:, None, None]
+def _cifar_pixels(images: np.ndarray, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> np.ndarray:
+    """Undo the CIFAR normalization: float NCHW -> uint8-valued float NCHW."""
+    mean = 255 * np.asarray(mean)[:, None, None]
+    std = 255 * np.asarray(std)[:, None, None]
     return images * std + mean
 
 
@@ -101,18 +102,16 @@ def test_cifar10_train_split_and_augmentation(cifar10_dir):
             for dy in range(9)
             for dx in range(9)
             for flip in (False, True)
-            if np.array_equal(
-                crop,
-                (
-                    padded[:, dy : dy + 32, dx : dx + 32][..., ::-1]
-                    if flip
-                    else padded[:, dy : dy + 32, dx : dx + 32]
-                ),
-            )
+            if np.array_equal(crop, _window(padded, dy, dx, flip))
         }
         assert candidates, "augmented image is not a padded crop / flip of its record"
         shifted += (4, 4, False) not in candidates
     assert shifted > 0, "augmentation changed nothing"
+
+
+def _window(padded: np.ndarray, dy: int, dx: int, flip: bool) -> np.ndarray:
+    window = padded[:, dy : dy + 32, dx : dx + 32]
+    return window[..., ::-1] if flip else window
 
 
 def test_cifar10_shards_partition_the_split(cifar10_dir):
@@ -127,10 +126,25 @@ def test_cifar10_shards_partition_the_split(cifar10_dir):
     np.testing.assert_array_equal(np.sort(np.concatenate(labels)), np.sort(test[:, 0]))
 
 
+def test_cifar100_reads_fine_labels(tmp_path):
+    rng = np.random.default_rng(3)
+    records = rng.integers(0, 256, (RECORDS, 3074), dtype=np.uint8)
+    records[:, 0] = rng.integers(0, 20, RECORDS)  # coarse label
+    records[:, 1] = rng.integers(0, 100, RECORDS)  # fine label: the one we train on
+    records.tofile(tmp_path / "test.bin")
+    images, labels = _concat(create_dataset("cifar100", tmp_path, batch_size=2500, train=False))
+    np.testing.assert_array_equal(labels, records[:, 1])
+    np.testing.assert_allclose(
+        _cifar_pixels(images[:4], CIFAR100_MEAN, CIFAR100_STD),
+        records[:4, 2:].reshape(-1, 3, 32, 32),
+        atol=2e-3,
+    )
+
+
 # --- errors that say what layout was expected ---------------------------------------------------
 
 
-def test_cifar10_layout_errors(tmp_path, cifar10_dir):
+def test_cifar10_layout_errors(tmp_path):
     layout = (
         r"data_batch_1.bin ... data_batch_5.bin .*test_batch.bin .*10,000 records each, 3073 bytes"
     )
@@ -151,12 +165,10 @@ def test_cifar10_layout_errors(tmp_path, cifar10_dir):
     ):
         create_dataset("cifar10", short, train=False)
 
-    root = cifar10_dir[0]
     parent = tmp_path / "download"
     (parent / "cifar-10-batches-bin").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match="did you mean data_path=.*cifar-10-batches-bin"):
         create_dataset("cifar10", parent, train=False)
-    assert root.is_dir()
 
 
 def test_cifar100_layout_errors(tmp_path):

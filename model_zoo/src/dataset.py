@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def create_dataset(
             "give both shard_id and num_shards, or neither "
             f"(got shard_id={shard_id}, num_shards={num_shards})"
         )
-    if num_shards is not None and not 0 <= shard_id < num_shards:  # type: ignore[operator]
+    if shard_id is not None and num_shards is not None and not 0 <= shard_id < num_shards:
         raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}, {num_shards}")
     size = spec.image_size if image_size is None else int(image_size)
     if size < 8:
@@ -167,18 +168,7 @@ def create_dataset(
     if seed is not None:
         ds.config.set_seed(seed)
     source = dict(shuffle=shuffle, num_shards=num_shards, shard_id=shard_id)
-    if key == "digits":
-        if data_path is not None:
-            warnings.warn(
-                f"digits is built in; data_path={str(data_path)!r} is ignored", stacklevel=2
-            )
-        data = _digits(train, size, augment, workers, source)
-    elif key == "cifar10":
-        data = _cifar(key, _check_cifar10(data_path, train), train, size, augment, workers, source)
-    elif key == "cifar100":
-        data = _cifar(key, _check_cifar100(data_path, train), train, size, augment, workers, source)
-    else:
-        data = _imagenet(_check_imagenet(data_path, train), size, augment, workers, source)
+    data = _BUILDERS[key](data_path, train, size, augment, workers, source)
     data = data.map(
         transforms.TypeCast(mstype.int32), input_columns="label", num_parallel_workers=workers
     )
@@ -237,7 +227,16 @@ def _digits_stats(image_size: int) -> tuple[float, float]:
     return float(train.mean()), float(train.std())
 
 
-def _digits(train: bool, size: int, augment: bool, workers: int, source: dict) -> ds.Dataset:
+def _digits(
+    data_path: str | os.PathLike | None,
+    train: bool,
+    size: int,
+    augment: bool,
+    workers: int,
+    source: dict,
+) -> ds.Dataset:
+    if data_path is not None:
+        warnings.warn(f"digits is built in; data_path={str(data_path)!r} is ignored", stacklevel=3)
     images, labels = digits_arrays(train, size)
     mean, std = _digits_stats(size)  # training-split statistics, for both splits
     data = ds.NumpySlicesDataset((images, labels), column_names=["image", "label"], **source)
@@ -295,7 +294,7 @@ def _check_cifar10(data_path: str | os.PathLike | None, train: bool) -> Path:
             warnings.warn(
                 f"cifar10: training on {', '.join(files)} only (the full set has "
                 f"{', '.join(CIFAR10_TRAIN_FILES)}) in {path}",
-                stacklevel=3,
+                stacklevel=4,  # the caller of create_dataset
             )
     else:
         files = ["test_batch.bin"]
@@ -310,17 +309,44 @@ def _check_cifar100(data_path: str | os.PathLike | None, train: bool) -> Path:
     return path
 
 
-def _cifar(
-    key: str, path: Path, train: bool, size: int, augment: bool, workers: int, source: dict
+def _cifar10(
+    data_path: str | os.PathLike | None,
+    train: bool,
+    size: int,
+    augment: bool,
+    workers: int,
+    source: dict,
 ) -> ds.Dataset:
+    path = _check_cifar10(data_path, train)
     usage = "train" if train else "test"
-    if key == "cifar10":
-        data = ds.Cifar10Dataset(str(path), usage=usage, num_parallel_workers=workers, **source)
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-    else:
-        data = ds.Cifar100Dataset(str(path), usage=usage, num_parallel_workers=workers, **source)
-        data = data.project(["image", "fine_label"]).rename(["fine_label"], ["label"])
-        mean, std = CIFAR100_MEAN, CIFAR100_STD
+    data = ds.Cifar10Dataset(str(path), usage=usage, num_parallel_workers=workers, **source)
+    return _cifar_transforms(data, CIFAR10_MEAN, CIFAR10_STD, size, augment, workers)
+
+
+def _cifar100(
+    data_path: str | os.PathLike | None,
+    train: bool,
+    size: int,
+    augment: bool,
+    workers: int,
+    source: dict,
+) -> ds.Dataset:
+    path = _check_cifar100(data_path, train)
+    usage = "train" if train else "test"
+    data = ds.Cifar100Dataset(str(path), usage=usage, num_parallel_workers=workers, **source)
+    data = data.project(["image", "fine_label"]).rename(["fine_label"], ["label"])
+    return _cifar_transforms(data, CIFAR100_MEAN, CIFAR100_STD, size, augment, workers)
+
+
+def _cifar_transforms(
+    data: ds.Dataset,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    size: int,
+    augment: bool,
+    workers: int,
+) -> ds.Dataset:
+    """uint8 HWC -> [crop 32 of 4-padded, flip] -> [resize] -> normalize -> float32 CHW."""
     ops: list = []
     if augment:
         ops += [vision.RandomCrop(32, padding=4), vision.RandomHorizontalFlip()]
@@ -349,7 +375,15 @@ def _check_imagenet(data_path: str | os.PathLike | None, train: bool) -> Path:
     return split
 
 
-def _imagenet(split: Path, size: int, augment: bool, workers: int, source: dict) -> ds.Dataset:
+def _imagenet(
+    data_path: str | os.PathLike | None,
+    train: bool,
+    size: int,
+    augment: bool,
+    workers: int,
+    source: dict,
+) -> ds.Dataset:
+    split = _check_imagenet(data_path, train)
     data = ds.ImageFolderDataset(
         str(split),
         num_parallel_workers=workers,
@@ -368,3 +402,12 @@ def _imagenet(split: Path, size: int, augment: bool, workers: int, source: dict)
         vision.HWC2CHW(),
     ]
     return data.map(ops, input_columns="image", num_parallel_workers=workers)
+
+
+# name -> builder(data_path, train, image_size, augment, workers, source kwargs)
+_BUILDERS: dict[str, Callable[..., ds.Dataset]] = {
+    "digits": _digits,
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
+    "imagenet": _imagenet,
+}
