@@ -4,7 +4,7 @@ Orchestration only: the statistics come from the capture cells (``capture.py``) 
 :class:`~tkfac_ms.train_cell.TKFACTrainOneStepCell`, the formulas from ``_math.py``. The twin is
 ``reference_torch/optimizer.py``.
 
-One optimizer step ``t`` (the counter ``tkfac.step`` lives in the graph):
+One optimizer step ``t`` (the counter ``t`` is ``nn.Optimizer``'s ``global_step``, in the graph):
 
 1. ``t % factor_update_steps == 0``: the train cell captures the batch sums and calls
    :meth:`TKFAC.update_factors` (statistics, damping, moving average);
@@ -142,8 +142,6 @@ class TKFAC(nn.Optimizer):
                                   for p in self._parameters)
 
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
-        self.tkfac_step = Parameter(Tensor(0, mstype.int32), name="tkfac.step",
-                                    requires_grad=False)
         self.beta = Parameter(Tensor(1.0, factor_dtype), name="tkfac.beta", requires_grad=False)
         self.delta_state = ParameterTuple([w.delta for w in layers])
         self.a_factor = ParameterTuple([w.a_factor for w in layers])
@@ -156,17 +154,29 @@ class TKFAC(nn.Optimizer):
         self.probes = ParameterTuple(probes)
 
     # ------------------------------------------------------------------ schedules
+    @property
+    def tkfac_step(self) -> Parameter:
+        """The step counter ``t`` of spec Sec. 5: ``nn.Optimizer``'s own ``global_step``.
+
+        It is the number of applied steps (a skipped non-finite step does not count), and it
+        also indexes per-step learning-rate and damping lists.
+        """
+        return self.global_step
+
+    def _step(self):
+        return self.global_step.reshape(())
+
     def is_factor_step(self):
         """True on factor-update steps (``t % factor_update_steps == 0``)."""
-        return (self.tkfac_step % self.factor_update_steps) == 0
+        return (self._step() % self.factor_update_steps) == 0
 
     def is_inverse_step(self):
         """True on inverse-update steps (``t % inv_update_steps == 0``)."""
-        return (self.tkfac_step % self.inv_update_steps) == 0
+        return (self._step() % self.inv_update_steps) == 0
 
     def current_damping(self):
         """``lambda`` at the current step (the last value once a per-step list runs out)."""
-        i = ops.minimum(self.tkfac_step, self.last_damping_index)
+        i = ops.minimum(self._step(), self.last_damping_index)
         return self.damping_values[i]
 
     # ------------------------------------------------------------------ factors
@@ -180,7 +190,7 @@ class TKFAC(nn.Optimizer):
             u_scale2: ``c^2``, the square of the factor that turns the captured output gradients
                 into per-sample ones (``N / loss_scale`` for a mean loss, ``1`` for sampled labels).
         """
-        first = self.tkfac_step == 0
+        first = self._step() == 0
         decay = self.factor_decay
         count = ops.cast(count, self.factor_dtype)
         c2 = ops.cast(u_scale2, self.factor_dtype)
@@ -260,5 +270,5 @@ class TKFAC(nn.Optimizer):
             updates = tuple(u * ops.cast(nu, u.dtype) for u in updates)
         success = self.hyper_map(ops.partial(_apply_update, lr, self.momentum_value),
                                  self.decay_values, self._parameters, self.moments, updates)
-        ops.assign_add(self.tkfac_step, ops.ones((), mstype.int32))
+        ops.assign_add(self.global_step, self.global_step_increase_tensor)
         return success

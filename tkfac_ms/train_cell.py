@@ -4,7 +4,7 @@
 ``nn.TrainOneStepCell`` (and ``nn.TrainOneStepWithLossScaleCell`` when given ``scale_sense``),
 so ``mindspore.train.Model(cell).train(...)`` runs TKFAC.
 
-Per step (spec Sec. 5), all decided inside the compiled graph from ``tkfac.step``:
+Per step (spec Sec. 5), all decided inside the compiled graph from the step counter ``t`` (``global_step``):
 
 * ordinary steps: one backward with respect to the weights only. The capture cells' statistics
   are not asked for, so no im2col, covariance or inversion is computed;
@@ -16,7 +16,7 @@ Per step (spec Sec. 5), all decided inside the compiled graph from ``tkfac.step`
   restored, so BatchNorm sees each batch once, as in the reference.
 
 A step whose gradients or statistics are not finite changes no parameter and no factor, does not
-advance ``tkfac.step``, and adds one to ``tkfac.nonfinite_steps``.
+advance the step counter, and adds one to ``tkfac.nonfinite_steps``.
 """
 
 from __future__ import annotations

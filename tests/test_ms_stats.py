@@ -1,0 +1,217 @@
+"""tkfac_ms statistics: the MindSpore math against the reference, and the spec identities
+checked on what the graph-mode capture cells really produce.
+
+The oracle for the identities is independent of both implementations: the exact block
+``F = (1/N) sum_{n,t} vec(u a^T) vec(u a^T)^T`` is built in NumPy from per-location vectors that
+are themselves checked against torch.func per-sample gradients (``vmap(grad(...))``); ``a`` is an
+explicit-loop im2col, not ``ops.unfold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+from mindspore import Tensor, nn, ops
+from torch.func import functional_call, grad, vmap
+
+import reference_torch
+import tkfac_ms
+
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+
+
+def rel_err(x, ref) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-300))
+
+
+# --------------------------------------------------------------------- pure math vs reference
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+@pytest.mark.parametrize("shape", [(7, 1, 5, 3), (4, 9, 6, 2)])
+def test_tkfac_stats_equal_reference(dtype, tol, shape):
+    n, t, d_in, d_out = shape
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, t, d_in)).astype(dtype)
+    u = rng.standard_normal((n, t, d_out)).astype(dtype)
+    got = tkfac_ms.tkfac_stats(Tensor(a), Tensor(u))
+    ref = reference_torch.tkfac_stats(torch.from_numpy(a), torch.from_numpy(u))
+    for name, g, r in zip(("delta", "phi", "psi"), got, ref, strict=True):
+        assert rel_err(g.asnumpy(), r.numpy()) < tol, name
+    assert abs(np.trace(got[1].asnumpy()) - 1) < 10 * tol
+    assert abs(np.trace(got[2].asnumpy()) - 1) < 10 * tol
+    got_k = tkfac_ms.kfac_stats(Tensor(a), Tensor(u))
+    ref_k = reference_torch.kfac_stats(torch.from_numpy(a), torch.from_numpy(u))
+    for name, g, r in zip(("A", "G"), got_k, ref_k, strict=True):
+        assert rel_err(g.asnumpy(), r.numpy()) < tol, name
+
+
+def test_dead_layer_guard_gives_scaled_identities():
+    a = Tensor(np.zeros((3, 2, 4)))
+    u = Tensor(np.ones((3, 2, 5)))
+    delta, phi, psi = tkfac_ms.tkfac_stats(a, u)
+    assert float(delta.asnumpy()) == 0.0
+    np.testing.assert_array_equal(phi.asnumpy(), np.eye(4) / 4)
+    np.testing.assert_array_equal(psi.asnumpy(), np.eye(5) / 5)
+
+
+# --------------------------------------------------------------------- identities via capture
+@dataclass(frozen=True)
+class Case:
+    """One layer under test: a first layer, then ReLU, flatten and a Dense head."""
+
+    name: str
+    conv: bool
+    bias: bool
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    tol: float = 1e-11
+
+
+CASES = [
+    Case("dense_bias", conv=False, bias=True),
+    Case("dense_nobias", conv=False, bias=False),
+    Case("conv_s2_p1_d2_bias", conv=True, bias=True, stride=2, padding=1, dilation=2, tol=2e-5),
+    Case("conv_s1_p1_nobias", conv=True, bias=False, padding=1, tol=2e-5),
+]
+N, C_IN, HW, C_OUT, CLASSES, D_DENSE = 6, 2, 7, 3, 4, 5
+
+
+class _MsNet(nn.Cell):
+    def __init__(self, case: Case, dtype):
+        super().__init__()
+        if case.conv:
+            self.first = nn.Conv2d(C_IN, C_OUT, 3, stride=case.stride, pad_mode="pad",
+                                   padding=case.padding, dilation=case.dilation,
+                                   has_bias=case.bias)
+        else:
+            self.first = nn.Dense(D_DENSE, C_OUT, has_bias=case.bias, dtype=dtype)
+        self.head = None
+
+    def construct(self, x):
+        h = ops.relu(self.first(x))
+        return self.head(h.reshape(h.shape[0], -1))
+
+
+class _Loss(nn.Cell):
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, x, y):
+        logits = self.net(x)
+        z = logits - logits.max(axis=-1, keepdims=True)
+        logp = z - ops.log(ops.exp(z).sum(axis=-1, keepdims=True))
+        onehot = ops.one_hot(y, CLASSES, Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
+        return -(ops.cast(onehot, logp.dtype) * logp).sum(axis=-1).mean()
+
+
+def _im2col(x: np.ndarray, k: int, stride: int, pad: int, dil: int) -> np.ndarray:
+    """Explicit-loop im2col: ``[N, C, H, W] -> [N, T, C*k*k]`` in ``(c, i, j)`` order."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    out = np.zeros((n, ho * wo, c * k * k))
+    for oy in range(ho):
+        for ox in range(wo):
+            col = [xp[:, ci, oy * stride + i * dil, ox * stride + j * dil]
+                   for ci in range(c) for i in range(k) for j in range(k)]
+            out[:, oy * wo + ox, :] = np.stack(col, axis=1)
+    return out
+
+
+def _oracle(case: Case, x: np.ndarray, y: np.ndarray, first_w, first_b, head_w, head_b):
+    """Per-location ``a`` and ``u`` (checked against torch.func) and the exact block ``F``."""
+    if case.conv:
+        first = torch.nn.Conv2d(C_IN, C_OUT, 3, stride=case.stride, padding=case.padding,
+                                dilation=case.dilation, bias=case.bias)
+    else:
+        first = torch.nn.Linear(D_DENSE, C_OUT, bias=case.bias)
+    first = first.double()
+    feat = int(np.prod(first(torch.zeros((1, *x.shape[1:]), dtype=torch.float64)).shape[1:]))
+    head = torch.nn.Linear(feat, CLASSES).double()
+    with torch.no_grad():
+        first.weight.copy_(torch.from_numpy(first_w))
+        if case.bias:
+            first.bias.copy_(torch.from_numpy(first_b))
+        head.weight.copy_(torch.from_numpy(head_w))
+        head.bias.copy_(torch.from_numpy(head_b))
+    xt, yt = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y.astype(np.int64))
+
+    # u: the gradient of sample n's own loss w.r.t. the layer output (losses are per sample).
+    out = first(xt)
+    out.retain_grad()
+    logits = head(torch.relu(out).flatten(1))
+    torch.nn.functional.cross_entropy(logits, yt, reduction="sum").backward()
+    g = out.grad.detach().numpy()
+    if case.conv:
+        u = g.reshape(N, C_OUT, -1).transpose(0, 2, 1)
+        a = _im2col(x.astype(np.float64), 3, case.stride, case.padding, case.dilation)
+    else:
+        u = g.reshape(N, 1, C_OUT)
+        a = x.astype(np.float64).reshape(N, 1, -1)
+    if case.bias:
+        a = np.concatenate([a, np.ones(a.shape[:2] + (1,))], axis=2)
+
+    # Independent check of the per-location vectors: sum_t u a^T = per-sample gradient.
+    params = dict(first.named_parameters())
+
+    def sample_loss(p, xi, yi):
+        o = functional_call(first, p, (xi[None],))
+        lg = head(torch.relu(o).flatten(1))
+        return torch.nn.functional.cross_entropy(lg, yi[None], reduction="sum")
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, xt, yt)
+    gw = per_sample["weight"].reshape(N, C_OUT, -1).detach().numpy()
+    if case.bias:
+        gw = np.concatenate([gw, per_sample["bias"].detach().numpy()[:, :, None]], axis=2)
+    np.testing.assert_allclose(np.einsum("nto,nti->noi", u, a), gw, rtol=1e-10, atol=1e-12)
+
+    d_in, d_out = a.shape[2], u.shape[2]
+    v = np.einsum("nto,nti->ntoi", u, a).reshape(-1, d_out * d_in)  # vec(u a^T), row-major
+    big_f = v.T @ v / N
+    return a, u, big_f
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("approximation", ["tkfac_nor", "kfac"])
+def test_capture_identities_against_exact_block(case: Case, approximation: str):
+    rng = np.random.default_rng(7)
+    dtype = ms.float32 if case.conv else ms.float64
+    np_dtype = np.float32 if case.conv else np.float64
+    x = rng.standard_normal((N, C_IN, HW, HW) if case.conv else (N, D_DENSE)).astype(np_dtype)
+    y = rng.integers(0, CLASSES, N).astype(np.int32)
+
+    net = _MsNet(case, dtype)
+    feat = int(np.prod(net.first(Tensor(x[:1])).shape[1:]))
+    net.head = nn.Dense(feat, CLASSES, dtype=dtype)
+    first_w = net.first.weight.asnumpy().astype(np.float64)
+    first_b = net.first.bias.asnumpy().astype(np.float64) if case.bias else None
+    head_w = net.head.weight.asnumpy().astype(np.float64)
+    head_b = net.head.bias.asnumpy().astype(np.float64)
+    opt = tkfac_ms.TKFAC(net, 0.1, approximation=approximation, fisher="empirical",
+                         factor_dtype=dtype)
+    cell = tkfac_ms.TKFACTrainOneStepCell(_Loss(net), opt)
+    stats = cell.layer_statistics(Tensor(x), Tensor(y))["first"]
+
+    a, u, big_f = _oracle(case, x, y, first_w, first_b, head_w, head_b)
+    d_in, d_out, t_locs = a.shape[2], u.shape[2], a.shape[1]
+    if approximation == "kfac":  # spec Sec. 6, from the oracle's validated vectors
+        a_ref = np.einsum("nti,ntj->ij", a, a) / N
+        g_ref = np.einsum("nto,ntp->op", u, u) / (N * t_locs)
+        assert rel_err(stats["a"].asnumpy(), a_ref) < case.tol, "A"
+        assert rel_err(stats["g"].asnumpy(), g_ref) < case.tol, "G"
+        return
+    f4 = big_f.reshape(d_out, d_in, d_out, d_in)
+    delta = float(stats["delta"].asnumpy())
+    phi, psi = stats["phi"].asnumpy(), stats["psi"].asnumpy()
+    assert rel_err(delta, np.trace(big_f)) < case.tol, "delta = tr F"
+    assert rel_err(delta * phi, np.einsum("oioj->ij", f4)) < case.tol, "delta Phi = Tr_out F"
+    assert rel_err(delta * psi, np.einsum("oipi->op", f4)) < case.tol, "delta Psi = Tr_in F"
+    assert abs(np.trace(phi) - 1) < case.tol and abs(np.trace(psi) - 1) < case.tol
