@@ -15,8 +15,9 @@ Per step (spec Sec. 5), all decided inside the compiled graph from the step coun
   probes only. Its forward pass would update BatchNorm running statistics a second time; they are
   restored, so BatchNorm sees each batch once, as in the reference.
 
-A step whose gradients or statistics are not finite changes no parameter and no factor, does not
-advance the step counter, and adds one to ``tkfac.nonfinite_steps``.
+A step whose gradients or statistics are not finite changes no parameter, no factor and no
+BatchNorm running statistic (they are restored), does not advance the step counter, and adds one
+to ``tkfac.nonfinite_steps``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ class TKFACTrainOneStepCell(nn.Cell):
         return stats, count
 
     def construct(self, data, label, sampled_label=None):
+        saved = tuple(ops.identity(b) for b in self.buffers)
         scale = self.scale_sense
         count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
         capture = self.optimizer.is_factor_step()
@@ -257,6 +259,8 @@ class TKFACTrainOneStepCell(nn.Cell):
             overflow = self.loss_scaling_manager(self.scale_sense, overflow)
         if overflow:
             ops.assign_add(self.nonfinite_steps, ops.ones((), mstype.int32))
+            for b, v in zip(self.buffers, saved):
+                ops.assign(b, v)
         else:
             self.optimizer(grads)
         return loss
