@@ -204,3 +204,29 @@ def test_train_cell_rejects_other_optimizers_and_missing_backbone():
 
     with pytest.raises(ValueError, match="fisher='true' needs the logits network"):
         tkfac_ms.TKFACTrainOneStepCell(Plain(), opt)
+
+
+def test_amp_o2_keeps_factors_in_float32():
+    ms.set_seed(0)
+    ref = TinyCNN()
+    ms.set_seed(0)
+    net = ms.amp.auto_mixed_precision(TinyCNN(), "O2")
+    kwargs = {"fisher": "empirical", "factor_update_steps": 1, "inv_update_steps": 1}
+    ref_opt, opt = tkfac_ms.TKFAC(ref, 0.05, **kwargs), tkfac_ms.TKFAC(net, 0.05, **kwargs)
+    ref_cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(ref, nn.CrossEntropyLoss()), ref_opt)
+    cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
+    x, y = batch(0)
+    got, want = cell.layer_statistics(x, y), ref_cell.layer_statistics(x, y)
+    assert len(got) == len(want) == 3
+    for (path, st), (ref_path, ref_st) in zip(got.items(), want.items(), strict=True):
+        assert path.endswith(ref_path)
+        for key in ("delta", "phi", "psi"):
+            g, w = st[key].asnumpy(), ref_st[key].asnumpy()
+            assert st[key].dtype == ms.float32
+            # float16 activations: agreement to half precision, not better
+            assert np.abs(g - w).max() <= 2e-2 * np.abs(w).max(), (path, key)
+    cell(x, y)
+    for layer in opt.layers:
+        for fld in ("a_factor", "g_factor", "a_inv", "g_inv"):
+            value = getattr(layer, fld)
+            assert value.dtype == ms.float32 and np.isfinite(value.asnumpy()).all()

@@ -89,12 +89,13 @@ class _FactorCapture(nn.Cell):
         u = self.outputs(dout)
         if self.is_kfac:
             a_sum, g_sum = _math.kfac_sums(a, u)
-            sr = ops.zeros_like(p_delta)
+            sr = ops.zeros((), self.compute_dtype)
         else:
             sr, a_sum, g_sum = _math.tkfac_sums(a, u)
-            sr = ops.cast(sr, p_delta.dtype).reshape(p_delta.shape)
-        return (ops.zeros_like(x), dout, sr, ops.cast(a_sum, p_a.dtype),
-                ops.cast(g_sum, p_g.dtype))
+        # The statistics leave in the factor dtype even when mixed precision has cast the probe
+        # inputs to float16 (amp O2/O3): MindSpore hands a custom bprop's outputs to the
+        # parameters as they are, so the factors never pass through half precision.
+        return ops.zeros_like(x), dout, sr.reshape(()), a_sum, g_sum
 
 
 class TKFACLayer(nn.Cell):

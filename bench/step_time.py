@@ -1,0 +1,118 @@
+"""Step time of TKFAC against nn.Momentum, measured in the same run (issue 3's benchmark).
+
+One TKFAC cell with ``factor_update_steps=3`` and ``inv_update_steps=2`` visits every kind of
+step in one compiled graph: step ``t`` updates the factors when ``t % 3 == 0`` and the inverses
+when ``t % 2 == 0``, so the steps split into (a) nothing, (b) factors only, (c) inverses only and
+(b+c) both. The Momentum baseline is measured before and after TKFAC, and the medians are
+compared. Amortized costs at ``T_FIM = T_INV = T`` are ``((T - 1) * a + both) / T``.
+
+Usage::
+
+    python bench/step_time.py --model resnet20 --batch 128 [--steps 24] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
+
+import tkfac_ms  # noqa: E402
+from model_zoo.src.models import create_model  # noqa: E402
+
+INPUT = {"resnet20": 32, "resnet32": 32, "resnet56": 32, "vgg16_bn": 32, "resnet50": 224,
+         "small_cnn": 32}
+
+
+def _time_steps(cell, x, y, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        cell(x, y).asnumpy()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet20", choices=sorted(INPUT))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=24, help="TKFAC steps timed (>= 12)")
+    parser.add_argument("--approximation", default="tkfac_new")
+    parser.add_argument("--fisher", default="true")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    ms.set_seed(0)
+    size = args.image_size or INPUT[args.model]
+    classes = 1000 if args.model == "resnet50" else 10
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((args.batch, 3, size, size)).astype(np.float32))
+    y = Tensor(rng.integers(0, classes, args.batch).astype(np.int32))
+
+    def momentum_cell():
+        net = create_model(args.model, num_classes=classes)
+        loss = nn.WithLossCell(net, nn.CrossEntropyLoss())
+        return nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 1e-3, 0.9))
+
+    t0 = time.perf_counter()
+    base = momentum_cell()
+    base(x, y).asnumpy()
+    compile_momentum = time.perf_counter() - t0
+    base_times = _time_steps(base, x, y, 8)
+
+    net = create_model(args.model, num_classes=classes)
+    opt = tkfac_ms.TKFAC(net, 1e-3, approximation=args.approximation, fisher=args.fisher,
+                         damping=1e-2, nu=1e-2, factor_update_steps=3, inv_update_steps=2)
+    cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
+    t0 = time.perf_counter()
+    cell(x, y).asnumpy()  # step 0 (both updates) compiles
+    compile_tkfac = time.perf_counter() - t0
+    times = _time_steps(cell, x, y, args.steps)
+    base_times += _time_steps(base, x, y, 8)
+
+    kinds: dict[str, list[float]] = {"none": [], "factors": [], "inverses": [], "both": []}
+    for i, dt in enumerate(times, start=1):  # step index t = i (step 0 was the compile)
+        f, v = i % 3 == 0, i % 2 == 0
+        kinds["both" if f and v else "factors" if f else "inverses" if v else "none"].append(dt)
+    med = {k: statistics.median(v) for k, v in kinds.items()}
+    m = statistics.median(base_times)
+    amort = {t: ((t - 1) * med["none"] + med["both"]) / t for t in (10, 100)}
+    rows = [
+        ("Momentum step", m, 1.0, ""),
+        ("(a) TKFAC, no update", med["none"], med["none"] / m, "<= 1.08"),
+        ("(b) factor update only", med["factors"], med["factors"] / m, ""),
+        ("(c) inverse update only", med["inverses"], med["inverses"] / m, ""),
+        ("(b)+(c) factor and inverse update", med["both"], med["both"] / m, "<= 3"),
+        ("(d) amortized, T_FIM = T_INV = 10", amort[10], amort[10] / m, ""),
+        ("(d) amortized, T_FIM = T_INV = 100", amort[100], amort[100] / m, "<= 1.10"),
+    ]
+    print(f"model={args.model} batch={args.batch} input={size} approximation="
+          f"{args.approximation} fisher={args.fisher} layers={len(opt.layers)}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"MindSpore {ms.__version__}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"compile: momentum {compile_momentum:.1f} s, tkfac {compile_tkfac:.1f} s")
+    print(f"{'step kind':40s} {'median ms':>10s} {'x Momentum':>11s}  target")
+    for name, sec, ratio, target in rows:
+        print(f"{name:40s} {sec * 1e3:10.1f} {ratio:11.2f}  {target}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "median_s": med, "momentum_s": m,
+                       "amortized_s": amort, "samples": {"momentum": base_times, **kinds}},
+                      fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
