@@ -50,11 +50,14 @@ def build(seed: int = 0, scale_sense=None, **kwargs):
     opt = tkfac_ms.TKFAC(net, 0.05, **opts)
     cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt,
                                           scale_sense=scale_sense)
+    cell.set_train()  # BatchNorm on batch statistics, updating its running statistics
     return net, opt, cell
 
 
 def snapshot(cell) -> dict[str, np.ndarray]:
-    return {p.name: p.asnumpy().copy() for p in cell.get_parameters()}
+    """Every parameter, buffer and optimizer state (not the scratch BatchNorm backup)."""
+    return {p.name: p.asnumpy().copy() for p in cell.get_parameters()
+            if not p.name.startswith("tkfac_backup.")}
 
 
 def test_checkpoint_resume_gives_identical_trajectory(tmp_path):
@@ -215,6 +218,8 @@ def test_amp_o2_keeps_factors_in_float32():
     ref_opt, opt = tkfac_ms.TKFAC(ref, 0.05, **kwargs), tkfac_ms.TKFAC(net, 0.05, **kwargs)
     ref_cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(ref, nn.CrossEntropyLoss()), ref_opt)
     cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
+    ref_cell.set_train()
+    cell.set_train()
     x, y = batch(0)
     got, want = cell.layer_statistics(x, y), ref_cell.layer_statistics(x, y)
     assert len(got) == len(want) == 3
@@ -230,3 +235,19 @@ def test_amp_o2_keeps_factors_in_float32():
         for fld in ("a_factor", "g_factor", "a_inv", "g_inv"):
             value = getattr(layer, fld)
             assert value.dtype == ms.float32 and np.isfinite(value.asnumpy()).all()
+
+
+def test_true_fisher_pass_leaves_batchnorm_updated_once():
+    net_a, _, cell_a = build(fisher="true")
+    net_b, _, cell_b = build(fisher="empirical")
+    ms.load_param_into_net(net_b, {p.name: ms.Parameter(p.asnumpy().copy(), name=p.name)
+                                   for p in net_a.get_parameters()})
+    x, y = batch(0)
+    mean0 = net_a.bn1.moving_mean.asnumpy().copy()
+    cell_a(x, y)  # step 0: training pass + sampled-label pass
+    cell_b(x, y)  # step 0: training pass only
+    assert not np.array_equal(net_a.bn1.moving_mean.asnumpy(), mean0)
+    np.testing.assert_allclose(net_a.bn1.moving_mean.asnumpy(), net_b.bn1.moving_mean.asnumpy(),
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(net_a.bn1.moving_variance.asnumpy(),
+                               net_b.bn1.moving_variance.asnumpy(), rtol=1e-6, atol=1e-7)

@@ -19,6 +19,7 @@ import os as _os
 _os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 from tkfac_ms._math import kfac_stats, tkfac_stats
+from tkfac_ms.callbacks import DampingDiagnostics, damping_ratios
 from tkfac_ms.capture import TKFACConv2d, TKFACDense, TKFACLayer, find_wrappers, wrap_network
 from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfig
 from tkfac_ms.optimizer import TKFAC
@@ -38,4 +39,6 @@ __all__ = [
     "TKFACLayer",
     "TKFACDense",
     "TKFACConv2d",
+    "DampingDiagnostics",
+    "damping_ratios",
 ]

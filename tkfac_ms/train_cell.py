@@ -76,28 +76,40 @@ class _SampledNLL(nn.Cell):
         return -(ops.cast(onehot, logp.dtype) * logp).sum()
 
 
+def _copy_into(targets, sources, after=None):
+    """Assign each source Parameter's value to its target, once ``after`` has been computed."""
+    done = ()
+    for t, src in zip(targets, sources):
+        done += (ops.assign(t, src if after is None else ops.depend(src, after)),)
+    return done
+
+
 class _BatchStatistics(nn.Cell):
     """The probe gradients of one batch, leaving every parameter and buffer as it was."""
 
     def __init__(self, network: nn.Cell, sampled_nll: nn.Cell | None, probes: ParameterTuple,
-                 buffers: ParameterTuple):
+                 buffers: ParameterTuple, backup: ParameterTuple):
         super().__init__(auto_prefix=False)
         self.network = network
         self.sampled_nll = sampled_nll
         self.empirical = sampled_nll is None
         self.probes = probes
         self.buffers = buffers
+        self.backup = backup
         self.grad_probes = ops.GradOperation(get_by_list=True)
 
     def construct(self, data, label, sampled_label=None):
-        saved = tuple(ops.identity(b) for b in self.buffers)
+        # BatchNorm running statistics are put back after this extra forward pass. The copies go
+        # through backup Parameters (an ops.identity of a Parameter is no snapshot in a compiled
+        # graph), and the restore waits on the statistics, so it runs after the forward pass.
+        data = ops.depend(data, _copy_into(self.backup, self.buffers))
+        stats = self._probe_grads(data, label, sampled_label)
+        return ops.depend(stats, _copy_into(self.buffers, self.backup, after=stats))
+
+    def _probe_grads(self, data, label, sampled_label):
         if self.empirical:
-            stats = self.grad_probes(self.network, self.probes)(data, label)
-        else:
-            stats = self.grad_probes(self.sampled_nll, self.probes)(data, sampled_label)
-        for b, v in zip(self.buffers, saved):
-            ops.assign(b, v)
-        return stats
+            return self.grad_probes(self.network, self.probes)(data, label)
+        return self.grad_probes(self.sampled_nll, self.probes)(data, sampled_label)
 
 
 class TKFACTrainOneStepCell(nn.Cell):
@@ -146,8 +158,14 @@ class TKFACTrainOneStepCell(nn.Cell):
                      for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)}
         self.buffers = ParameterTuple([p for p in network.get_parameters()
                                        if not p.requires_grad and id(p) not in state_ids])
+        # Scratch copies of those buffers: one to undo a skipped step, one to undo the extra pass.
+        self.step_backup = self.buffers.clone(prefix="tkfac_backup.step", init="same")
+        stats_backup = self.buffers.clone(prefix="tkfac_backup.stats", init="same")
+        for p in (*self.step_backup, *stats_backup):
+            p.requires_grad = False
         self.batch_statistics = _BatchStatistics(
-            network, None if self.empirical else self.sampled_nll, self.probes, self.buffers)
+            network, None if self.empirical else self.sampled_nll, self.probes, self.buffers,
+            stats_backup)
         self.loss_scaling_manager = None
         if isinstance(scale_sense, nn.Cell):
             self.loss_scaling_manager = scale_sense
@@ -213,54 +231,54 @@ class TKFACTrainOneStepCell(nn.Cell):
             count = self.allreduce(count)
         return stats, count
 
+    def _weight_grads(self, data, label, scale):
+        """Loss and unscaled, reduced weight gradients (the forward shares the backward's)."""
+        loss = self.network(data, label)
+        grads = self.grad(self.network, self.weights)(data, label, self._sens(loss, scale))
+        grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
+        return loss, self.grad_reducer(grads)
+
+    def _capture_step(self, data, label, sampled_label, scale, count):
+        """A factor-update step: gradients, statistics and (if all finite) the factor update."""
+        if self.empirical:
+            loss = self.network(data, label)
+            both = self.grad(self.network, self.weights_and_probes)(data, label,
+                                                                     self._sens(loss, scale))
+            grads = self.hyper_map(ops.partial(_grad_scale, scale), both[:self.num_weights])
+            grads = self.grad_reducer(grads)
+            stats = both[self.num_weights:]
+            # u = c * dout, with c = N / S for a mean loss and 1 / S for a sum loss.
+            c = count / scale if self.mean_loss else 1.0 / scale
+        else:
+            # True Fisher: the sampled-label pass runs first and puts BatchNorm's running
+            # statistics back; the training pass waits for it, so BatchNorm sees one update.
+            stats = self.batch_statistics(data, label, sampled_label)
+            loss, grads = self._weight_grads(ops.depend(data, stats), label, scale)
+            c = ops.ones((), mstype.float32)
+        stats, total = self._reduce_stats(stats, count)
+        finite = amp.all_finite(grads + stats)
+        if finite:
+            self.optimizer.update_factors(stats, total, c * c)
+        return loss, grads, finite
+
     def construct(self, data, label, sampled_label=None):
-        saved = tuple(ops.identity(b) for b in self.buffers)
+        data = ops.depend(data, _copy_into(self.step_backup, self.buffers))
         scale = self.scale_sense
         count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
         capture = self.optimizer.is_factor_step()
-        if self.empirical:
-            # The forward runs inside each branch so that the compiler shares it with the
-            # backward (a forward outside the branch would be computed twice).
-            if capture:
-                loss = self.network(data, label)
-                sens = self._sens(loss, scale)
-                both = self.grad(self.network, self.weights_and_probes)(data, label, sens)
-                grads = self.hyper_map(ops.partial(_grad_scale, scale),
-                                       both[:self.num_weights])
-                grads = self.grad_reducer(grads)
-                stats, total = self._reduce_stats(both[self.num_weights:], count)
-                finite = amp.all_finite(grads + stats)
-                # u = c * dout, c = N / S for a mean loss and 1 / S for a sum loss.
-                c = count / scale if self.mean_loss else 1.0 / scale
-                if finite:
-                    self.optimizer.update_factors(stats, total, c * c)
-            else:
-                loss = self.network(data, label)
-                sens = self._sens(loss, scale)
-                grads = self.grad(self.network, self.weights)(data, label, sens)
-                grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
-                grads = self.grad_reducer(grads)
-                finite = amp.all_finite(grads)
+        # The forward runs inside each branch, so that the compiler shares it with the backward
+        # (a forward outside the branch would be computed twice).
+        if capture:
+            loss, grads, finite = self._capture_step(data, label, sampled_label, scale, count)
         else:
-            loss = self.network(data, label)
-            sens = self._sens(loss, scale)
-            grads = self.grad(self.network, self.weights)(data, label, sens)
-            grads = self.hyper_map(ops.partial(_grad_scale, scale), grads)
-            grads = self.grad_reducer(grads)
+            loss, grads = self._weight_grads(data, label, scale)
             finite = amp.all_finite(grads)
-            if capture:
-                stats = self.batch_statistics(data, label, sampled_label)
-                stats, total = self._reduce_stats(stats, count)
-                finite = ops.logical_and(finite, amp.all_finite(stats))
-                if finite:
-                    self.optimizer.update_factors(stats, total, ops.ones((), mstype.float32))
         overflow = ops.logical_not(finite)
         if self.loss_scaling_manager is not None:
             overflow = self.loss_scaling_manager(self.scale_sense, overflow)
         if overflow:
             ops.assign_add(self.nonfinite_steps, ops.ones((), mstype.int32))
-            for b, v in zip(self.buffers, saved):
-                ops.assign(b, v)
+            _copy_into(self.buffers, self.step_backup)
         else:
             self.optimizer(grads)
         return loss
