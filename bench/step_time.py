@@ -19,7 +19,7 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
@@ -30,8 +30,14 @@ from mindspore import Tensor, nn  # noqa: E402
 import tkfac_ms  # noqa: E402
 from model_zoo.src.models import create_model  # noqa: E402
 
-INPUT = {"resnet20": 32, "resnet32": 32, "resnet56": 32, "vgg16_bn": 32, "resnet50": 224,
-         "small_cnn": 32}
+INPUT = {
+    "resnet20": 32,
+    "resnet32": 32,
+    "resnet56": 32,
+    "vgg16_bn": 32,
+    "resnet50": 224,
+    "small_cnn": 32,
+}
 
 
 def _time_steps(cell, x, y, steps: int) -> list[float]:
@@ -74,8 +80,16 @@ def main() -> None:
     base_times = _time_steps(base, x, y, 8)
 
     net = create_model(args.model, num_classes=classes)
-    opt = tkfac_ms.TKFAC(net, 1e-3, approximation=args.approximation, fisher=args.fisher,
-                         damping=1e-2, nu=1e-2, factor_update_steps=3, inv_update_steps=2)
+    opt = tkfac_ms.TKFAC(
+        net,
+        1e-3,
+        approximation=args.approximation,
+        fisher=args.fisher,
+        damping=1e-2,
+        nu=1e-2,
+        factor_update_steps=3,
+        inv_update_steps=2,
+    )
     cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
     t0 = time.perf_counter()
     cell(x, y).asnumpy()  # step 0 (both updates) compiles
@@ -99,19 +113,31 @@ def main() -> None:
         ("(d) amortized, T_FIM = T_INV = 10", amort[10], amort[10] / m, ""),
         ("(d) amortized, T_FIM = T_INV = 100", amort[100], amort[100] / m, "<= 1.10"),
     ]
-    print(f"model={args.model} batch={args.batch} input={size} approximation="
-          f"{args.approximation} fisher={args.fisher} layers={len(opt.layers)}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"MindSpore {ms.__version__}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"model={args.model} batch={args.batch} input={size} approximation="
+        f"{args.approximation} fisher={args.fisher} layers={len(opt.layers)}"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"MindSpore {ms.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
     print(f"compile: momentum {compile_momentum:.1f} s, tkfac {compile_tkfac:.1f} s")
     print(f"{'step kind':40s} {'median ms':>10s} {'x Momentum':>11s}  target")
     for name, sec, ratio, target in rows:
         print(f"{name:40s} {sec * 1e3:10.1f} {ratio:11.2f}  {target}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "median_s": med, "momentum_s": m,
-                       "amortized_s": amort, "samples": {"momentum": base_times, **kinds}},
-                      fh, indent=2)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "median_s": med,
+                    "momentum_s": m,
+                    "amortized_s": amort,
+                    "samples": {"momentum": base_times, **kinds},
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,24 @@ ms.set_device("CPU")
 def test_ratios_follow_the_batch_delta(approximation, tmp_path):
     ms.set_seed(0)
     net = TinyCNN()
-    opt = tkfac_ms.TKFAC(net, 0.01, approximation=approximation, fisher="empirical",
-                         damping=4e-2, nu=3e-2, factor_update_steps=2, inv_update_steps=2)
+    opt = tkfac_ms.TKFAC(
+        net,
+        0.01,
+        approximation=approximation,
+        fisher="empirical",
+        damping=4e-2,
+        nu=3e-2,
+        factor_update_steps=2,
+        inv_update_steps=2,
+    )
     cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
     cell.set_train()  # as Model.train does: BatchNorm on batch statistics
     x, y = batch(0)
     stats = cell.layer_statistics(x, y)  # what step 0's factor update will see
     cb = tkfac_ms.DampingDiagnostics(opt, tmp_path / "damping.csv")
-    data = mds.NumpySlicesDataset({"x": np.tile(x.asnumpy(), (3, 1, 1, 1)),
-                                   "y": np.tile(y.asnumpy(), 3)}, shuffle=False).batch(8)
+    data = mds.NumpySlicesDataset(
+        {"x": np.tile(x.asnumpy(), (3, 1, 1, 1)), "y": np.tile(y.asnumpy(), 3)}, shuffle=False
+    ).batch(8)
     Model(cell).train(1, data, callbacks=[cb], dataset_sink_mode=False)  # steps 0, 1, 2
     assert [r["step"] for r in cb.rows] == [0] * 3 + [2] * 3
     first = {r["layer"]: r for r in cb.rows[:3]}
@@ -42,10 +51,12 @@ def test_ratios_follow_the_batch_delta(approximation, tmp_path):
         row = first[layer.path]
         assert row["delta"] == pytest.approx(delta, rel=1e-5)
         if approximation == "tkfac_nor":
-            assert row["ratio_phi"] == pytest.approx(math.sqrt(4e-2) * layer.d_in / math.sqrt(delta),
-                                                     rel=1e-5)
-            assert row["ratio_psi"] == pytest.approx(math.sqrt(4e-2) * layer.d_out / math.sqrt(delta),
-                                                     rel=1e-5)
+            assert row["ratio_phi"] == pytest.approx(
+                math.sqrt(4e-2) * layer.d_in / math.sqrt(delta), rel=1e-5
+            )
+            assert row["ratio_psi"] == pytest.approx(
+                math.sqrt(4e-2) * layer.d_out / math.sqrt(delta), rel=1e-5
+            )
         else:
             scaled = delta if layer.kind == "conv" else beta * delta
             assert row["ratio_phi"] == pytest.approx(math.sqrt(max(3e-2, scaled)), rel=1e-5)

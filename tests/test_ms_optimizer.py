@@ -56,16 +56,16 @@ class CrossEntropy(nn.Cell):
         logits = self.net(x)
         z = logits - logits.max(axis=-1, keepdims=True)
         logp = z - ops.log(ops.exp(z).sum(axis=-1, keepdims=True))
-        onehot = ops.one_hot(y, logits.shape[-1], Tensor(1.0, ms.float32),
-                             Tensor(0.0, ms.float32))
+        onehot = ops.one_hot(y, logits.shape[-1], Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))
         nll = -(ops.cast(onehot, logp.dtype) * logp).sum(axis=-1)
         return nll.mean() if self.mean else nll.sum()
 
 
 def make_pair(seed: int = 0):
     torch.manual_seed(seed)
-    tnet = torch.nn.Sequential(torch.nn.Linear(D_IN, HIDDEN), torch.nn.Tanh(),
-                               torch.nn.Linear(HIDDEN, CLASSES)).double()
+    tnet = torch.nn.Sequential(
+        torch.nn.Linear(D_IN, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, CLASSES)
+    ).double()
     net = MsMLP()
     for tl, ml in ((tnet[0], net.fc1), (tnet[2], net.fc2)):
         ml.weight.set_data(Tensor(tl.weight.detach().numpy().copy()))
@@ -99,26 +99,48 @@ RUNS = [
     Run("tkfac_new", "tkfac_new", kwargs={"nu": 0.5}),
     Run("kfac", "kfac"),
     Run("tkfac_nor_true_fisher", "tkfac_nor", fisher="true"),
-    Run("tkfac_nor_schedules_wd_kl", "tkfac_nor", lr=LR_STEPS,
-        kwargs={"weight_decay": 0.01, "kl_clip": 1e-3, "damping": DAMP_STEPS}),
+    Run(
+        "tkfac_nor_schedules_wd_kl",
+        "tkfac_nor",
+        lr=LR_STEPS,
+        kwargs={"weight_decay": 0.01, "kl_clip": 1e-3, "damping": DAMP_STEPS},
+    ),
     Run("kfac_sum_loss", "kfac", kwargs={"loss_reduction": "sum"}),
 ]
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda r: r.name)
 def test_five_steps_match_reference(run: Run):
-    common = {"momentum": 0.9, "damping": 0.01, "factor_decay": 0.9,
-              "factor_update_steps": 2, "inv_update_steps": 3, **run.kwargs}
+    common = {
+        "momentum": 0.9,
+        "damping": 0.01,
+        "factor_decay": 0.9,
+        "factor_update_steps": 2,
+        "inv_update_steps": 3,
+        **run.kwargs,
+    }
     reduction = common.get("loss_reduction", "mean")
     tnet, net = make_pair()
     t_kwargs = dict(common)
     if isinstance(common["damping"], list):
         t_kwargs["damping"] = lambda t: DAMP_STEPS[min(t, len(DAMP_STEPS) - 1)]
     t_lr = (lambda t: LR_STEPS[min(t, len(LR_STEPS) - 1)]) if isinstance(run.lr, list) else run.lr
-    topt = reference_torch.TKFAC(tnet, lr=t_lr, approximation=run.approximation,
-                                 fisher=run.fisher, factor_dtype=torch.float64, **t_kwargs)
-    opt = tkfac_ms.TKFAC(net, run.lr, approximation=run.approximation, fisher=run.fisher,
-                         factor_dtype=ms.float64, **common)
+    topt = reference_torch.TKFAC(
+        tnet,
+        lr=t_lr,
+        approximation=run.approximation,
+        fisher=run.fisher,
+        factor_dtype=torch.float64,
+        **t_kwargs,
+    )
+    opt = tkfac_ms.TKFAC(
+        net,
+        run.lr,
+        approximation=run.approximation,
+        fisher=run.fisher,
+        factor_dtype=ms.float64,
+        **common,
+    )
     cell = tkfac_ms.TKFACTrainOneStepCell(CrossEntropy(net, reduction), opt)
 
     worst = 0.0
@@ -155,8 +177,15 @@ def test_five_steps_match_reference(run: Run):
 
 def test_factors_and_inverses_change_only_on_their_steps():
     _, net = make_pair()
-    opt = tkfac_ms.TKFAC(net, 0.125, approximation="tkfac_nor", fisher="empirical",
-                         factor_update_steps=2, inv_update_steps=3, factor_dtype=ms.float64)
+    opt = tkfac_ms.TKFAC(
+        net,
+        0.125,
+        approximation="tkfac_nor",
+        fisher="empirical",
+        factor_update_steps=2,
+        inv_update_steps=3,
+        factor_dtype=ms.float64,
+    )
     cell = tkfac_ms.TKFACTrainOneStepCell(CrossEntropy(net), opt)
     factor_steps, inverse_steps = [], []
     for step in range(7):
@@ -164,10 +193,14 @@ def test_factors_and_inverses_change_only_on_their_steps():
         before_i = net.fc1.a_inv.asnumpy().copy(), net.fc2.g_inv.asnumpy().copy()
         x, y, _ = data(step)
         cell(Tensor(x), Tensor(y.astype(np.int32)))
-        changed_f = [not np.array_equal(b, a.asnumpy())
-                     for b, a in zip(before_f, (net.fc1.a_factor, net.fc2.g_factor), strict=True)]
-        changed_i = [not np.array_equal(b, a.asnumpy())
-                     for b, a in zip(before_i, (net.fc1.a_inv, net.fc2.g_inv), strict=True)]
+        changed_f = [
+            not np.array_equal(b, a.asnumpy())
+            for b, a in zip(before_f, (net.fc1.a_factor, net.fc2.g_factor), strict=True)
+        ]
+        changed_i = [
+            not np.array_equal(b, a.asnumpy())
+            for b, a in zip(before_i, (net.fc1.a_inv, net.fc2.g_inv), strict=True)
+        ]
         assert changed_f[0] == changed_f[1] and changed_i[0] == changed_i[1]
         if changed_f[0]:
             factor_steps.append(step)
@@ -180,14 +213,16 @@ def test_factors_and_inverses_change_only_on_their_steps():
 def test_plain_parameters_get_momentum_and_skipped_layers_are_unwrapped():
     _, net = make_pair()
     w0 = net.fc2.weight.asnumpy().copy()
-    opt = tkfac_ms.TKFAC(net, 0.125, momentum=0.0, fisher="empirical", skip=("fc2",),
-                         factor_dtype=ms.float64)
+    opt = tkfac_ms.TKFAC(
+        net, 0.125, momentum=0.0, fisher="empirical", skip=("fc2",), factor_dtype=ms.float64
+    )
     assert opt.layer_names == ("fc1",)
     assert isinstance(net.fc1, tkfac_ms.TKFACDense) and isinstance(net.fc2, nn.Dense)
     cell = tkfac_ms.TKFACTrainOneStepCell(CrossEntropy(net), opt)
     x, y, _ = data(0)
     g = ms.grad(CrossEntropy(net), grad_position=None, weights=[net.fc2.weight])(
-        Tensor(x), Tensor(y.astype(np.int32)))[0].asnumpy()
+        Tensor(x), Tensor(y.astype(np.int32))
+    )[0].asnumpy()
     cell(Tensor(x), Tensor(y.astype(np.int32)))
     np.testing.assert_allclose(net.fc2.weight.asnumpy(), w0 - 0.125 * g, rtol=1e-12, atol=1e-14)
 

@@ -86,9 +86,16 @@ class _MsNet(nn.Cell):
     def __init__(self, case: Case, dtype):
         super().__init__()
         if case.conv:
-            self.first = nn.Conv2d(C_IN, C_OUT, 3, stride=case.stride, pad_mode="pad",
-                                   padding=case.padding, dilation=case.dilation,
-                                   has_bias=case.bias)
+            self.first = nn.Conv2d(
+                C_IN,
+                C_OUT,
+                3,
+                stride=case.stride,
+                pad_mode="pad",
+                padding=case.padding,
+                dilation=case.dilation,
+                has_bias=case.bias,
+            )
         else:
             self.first = nn.Dense(D_DENSE, C_OUT, has_bias=case.bias, dtype=dtype)
         self.head = None
@@ -120,8 +127,12 @@ def _im2col(x: np.ndarray, k: int, stride: int, pad: int, dil: int) -> np.ndarra
     out = np.zeros((n, ho * wo, c * k * k))
     for oy in range(ho):
         for ox in range(wo):
-            col = [xp[:, ci, oy * stride + i * dil, ox * stride + j * dil]
-                   for ci in range(c) for i in range(k) for j in range(k)]
+            col = [
+                xp[:, ci, oy * stride + i * dil, ox * stride + j * dil]
+                for ci in range(c)
+                for i in range(k)
+                for j in range(k)
+            ]
             out[:, oy * wo + ox, :] = np.stack(col, axis=1)
     return out
 
@@ -129,8 +140,15 @@ def _im2col(x: np.ndarray, k: int, stride: int, pad: int, dil: int) -> np.ndarra
 def _oracle(case: Case, x: np.ndarray, y: np.ndarray, first_w, first_b, head_w, head_b):
     """Per-location ``a`` and ``u`` (checked against torch.func) and the exact block ``F``."""
     if case.conv:
-        first = torch.nn.Conv2d(C_IN, C_OUT, 3, stride=case.stride, padding=case.padding,
-                                dilation=case.dilation, bias=case.bias)
+        first = torch.nn.Conv2d(
+            C_IN,
+            C_OUT,
+            3,
+            stride=case.stride,
+            padding=case.padding,
+            dilation=case.dilation,
+            bias=case.bias,
+        )
     else:
         first = torch.nn.Linear(D_DENSE, C_OUT, bias=case.bias)
     first = first.double()
@@ -195,8 +213,9 @@ def test_capture_identities_against_exact_block(case: Case, approximation: str):
     first_b = net.first.bias.asnumpy().astype(np.float64) if case.bias else None
     head_w = net.head.weight.asnumpy().astype(np.float64)
     head_b = net.head.bias.asnumpy().astype(np.float64)
-    opt = tkfac_ms.TKFAC(net, 0.1, approximation=approximation, fisher="empirical",
-                         factor_dtype=dtype)
+    opt = tkfac_ms.TKFAC(
+        net, 0.1, approximation=approximation, fisher="empirical", factor_dtype=dtype
+    )
     cell = tkfac_ms.TKFACTrainOneStepCell(_Loss(net), opt)
     stats = cell.layer_statistics(Tensor(x), Tensor(y))["first"]
 

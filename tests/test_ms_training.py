@@ -45,19 +45,28 @@ def batch(step: int, nan: bool = False):
 def build(seed: int = 0, scale_sense=None, **kwargs):
     ms.set_seed(seed)
     net = TinyCNN()
-    opts = {"approximation": "tkfac_new", "fisher": "empirical", "factor_update_steps": 2,
-            "inv_update_steps": 2, **kwargs}
+    opts = {
+        "approximation": "tkfac_new",
+        "fisher": "empirical",
+        "factor_update_steps": 2,
+        "inv_update_steps": 2,
+        **kwargs,
+    }
     opt = tkfac_ms.TKFAC(net, 0.05, **opts)
-    cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt,
-                                          scale_sense=scale_sense)
+    cell = tkfac_ms.TKFACTrainOneStepCell(
+        nn.WithLossCell(net, nn.CrossEntropyLoss()), opt, scale_sense=scale_sense
+    )
     cell.set_train()  # BatchNorm on batch statistics, updating its running statistics
     return net, opt, cell
 
 
 def snapshot(cell) -> dict[str, np.ndarray]:
     """Every parameter, buffer and optimizer state (not the scratch BatchNorm backup)."""
-    return {p.name: p.asnumpy().copy() for p in cell.get_parameters()
-            if not p.name.startswith("tkfac_backup.")}
+    return {
+        p.name: p.asnumpy().copy()
+        for p in cell.get_parameters()
+        if not p.name.startswith("tkfac_backup.")
+    }
 
 
 def test_checkpoint_resume_gives_identical_trajectory(tmp_path):
@@ -87,8 +96,11 @@ def test_nonfinite_step_changes_nothing_and_is_counted():
     before = snapshot(cell)
     cell(*batch(1, nan=True))  # step 1: no factor update; step counter must not move
     after = snapshot(cell)
-    changed = [n for n in before if n != "tkfac.nonfinite_steps"
-               and not np.array_equal(before[n], after[n], equal_nan=True)]
+    changed = [
+        n
+        for n in before
+        if n != "tkfac.nonfinite_steps" and not np.array_equal(before[n], after[n], equal_nan=True)
+    ]
     assert changed == []
     assert int(cell.nonfinite_steps.asnumpy()) == 1
     # A non-finite batch on a factor-update step: factors untouched too.
@@ -97,8 +109,11 @@ def test_nonfinite_step_changes_nothing_and_is_counted():
     before = snapshot(cell)
     cell(*batch(2, nan=True))
     after = snapshot(cell)
-    changed = [n for n in before if n != "tkfac.nonfinite_steps"
-               and not np.array_equal(before[n], after[n], equal_nan=True)]
+    changed = [
+        n
+        for n in before
+        if n != "tkfac.nonfinite_steps" and not np.array_equal(before[n], after[n], equal_nan=True)
+    ]
     assert changed == []
     assert int(cell.nonfinite_steps.asnumpy()) == 2
     cell(*batch(2))  # and training goes on
@@ -115,8 +130,9 @@ def test_model_train_reduces_loss():
     data = mds.NumpySlicesDataset({"x": x, "y": y}, shuffle=False).batch(16)
     net = TinyCNN()
     loss_net = nn.WithLossCell(net, nn.CrossEntropyLoss())
-    opt = tkfac_ms.TKFAC(net, 0.02, approximation="tkfac_new", factor_update_steps=4,
-                         inv_update_steps=4)  # true Fisher: the sampled-label pass runs too
+    opt = tkfac_ms.TKFAC(
+        net, 0.02, approximation="tkfac_new", factor_update_steps=4, inv_update_steps=4
+    )  # true Fisher: the sampled-label pass runs too
     cell = tkfac_ms.TKFACTrainOneStepCell(loss_net, opt)
     eval_loss = nn.WithLossCell(net, nn.CrossEntropyLoss())
 
@@ -147,8 +163,9 @@ def test_fixed_loss_scale_gives_the_same_factors():
 
 
 def test_dynamic_loss_scale_overflow_skips_and_keeps_factors():
-    manager = ms.amp.DynamicLossScaleManager(init_loss_scale=2.0**120, scale_factor=2.0**100,
-                                             scale_window=1000)
+    manager = ms.amp.DynamicLossScaleManager(
+        init_loss_scale=2.0**120, scale_factor=2.0**100, scale_window=1000
+    )
     _, opt, cell = build(scale_sense=manager.get_update_cell())
     before = snapshot(cell)
     cell(*batch(0))  # loss * 2^120 overflows float32 gradients
@@ -172,23 +189,29 @@ def test_unsupported_grouped_conv_is_left_unwrapped_with_warning():
     assert any(p is net.conv2.weight for p in opt.parameters)  # plain momentum
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"damping": -1.0}, r"damping must be in \(0.0, inf\), got -1.0"),
-    ({"damping": 0.0}, r"damping must be in \(0.0, inf\)"),
-    ({"factor_update_steps": 0}, r"factor_update_steps must be an integer >= 1, got 0"),
-    ({"inv_update_steps": 2.5}, r"inv_update_steps must be an integer >= 1"),
-    ({"approximation": "shampoo"}, r"approximation must be one of 'kfac', 'tkfac_nor', "
-                                   r"'tkfac_new', got 'shampoo'"),
-    ({"fisher": "exact"}, r"fisher must be one of"),
-    ({"momentum": 1.0}, r"momentum must be in \[0.0, 1.0\)"),
-    ({"factor_decay": -0.1}, r"factor_decay must be in \[0.0, 1.0\)"),
-    ({"nu": 0.0}, r"nu must be in \(0.0, inf\)"),
-    ({"kl_clip": -1.0}, r"kl_clip must be in \(0.0, inf\)"),
-    ({"weight_decay": -1e-4}, r"weight_decay must be in \[0.0, inf\)"),
-    ({"loss_reduction": "none"}, r"loss_reduction must be one of 'mean', 'sum'"),
-    ({"factor_dtype": ms.float16}, r"factor_dtype must be float32 or float64"),
-    ({"damping": []}, r"damping must be a float > 0 or a non-empty per-step list"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"damping": -1.0}, r"damping must be in \(0.0, inf\), got -1.0"),
+        ({"damping": 0.0}, r"damping must be in \(0.0, inf\)"),
+        ({"factor_update_steps": 0}, r"factor_update_steps must be an integer >= 1, got 0"),
+        ({"inv_update_steps": 2.5}, r"inv_update_steps must be an integer >= 1"),
+        (
+            {"approximation": "shampoo"},
+            r"approximation must be one of 'kfac', 'tkfac_nor', "
+            r"'tkfac_new', got 'shampoo'",
+        ),
+        ({"fisher": "exact"}, r"fisher must be one of"),
+        ({"momentum": 1.0}, r"momentum must be in \[0.0, 1.0\)"),
+        ({"factor_decay": -0.1}, r"factor_decay must be in \[0.0, 1.0\)"),
+        ({"nu": 0.0}, r"nu must be in \(0.0, inf\)"),
+        ({"kl_clip": -1.0}, r"kl_clip must be in \(0.0, inf\)"),
+        ({"weight_decay": -1e-4}, r"weight_decay must be in \[0.0, inf\)"),
+        ({"loss_reduction": "none"}, r"loss_reduction must be one of 'mean', 'sum'"),
+        ({"factor_dtype": ms.float16}, r"factor_dtype must be float32 or float64"),
+        ({"damping": []}, r"damping must be a float > 0 or a non-empty per-step list"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         tkfac_ms.TKFAC(TinyCNN(), 0.1, **kwargs)
@@ -197,8 +220,10 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_train_cell_rejects_other_optimizers_and_missing_backbone():
     net = TinyCNN()
     with pytest.raises(TypeError, match="optimizer must be a tkfac_ms.TKFAC"):
-        tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()),
-                                       nn.Momentum(net.trainable_params(), 0.1, 0.9))
+        tkfac_ms.TKFACTrainOneStepCell(
+            nn.WithLossCell(net, nn.CrossEntropyLoss()),
+            nn.Momentum(net.trainable_params(), 0.1, 0.9),
+        )
     opt = tkfac_ms.TKFAC(net, 0.1, fisher="true")
 
     class Plain(nn.Cell):
@@ -240,14 +265,21 @@ def test_amp_o2_keeps_factors_in_float32():
 def test_true_fisher_pass_leaves_batchnorm_updated_once():
     net_a, _, cell_a = build(fisher="true")
     net_b, _, cell_b = build(fisher="empirical")
-    ms.load_param_into_net(net_b, {p.name: ms.Parameter(p.asnumpy().copy(), name=p.name)
-                                   for p in net_a.get_parameters()})
+    ms.load_param_into_net(
+        net_b,
+        {p.name: ms.Parameter(p.asnumpy().copy(), name=p.name) for p in net_a.get_parameters()},
+    )
     x, y = batch(0)
     mean0 = net_a.bn1.moving_mean.asnumpy().copy()
     cell_a(x, y)  # step 0: training pass + sampled-label pass
     cell_b(x, y)  # step 0: training pass only
     assert not np.array_equal(net_a.bn1.moving_mean.asnumpy(), mean0)
-    np.testing.assert_allclose(net_a.bn1.moving_mean.asnumpy(), net_b.bn1.moving_mean.asnumpy(),
-                               rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(net_a.bn1.moving_variance.asnumpy(),
-                               net_b.bn1.moving_variance.asnumpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        net_a.bn1.moving_mean.asnumpy(), net_b.bn1.moving_mean.asnumpy(), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        net_a.bn1.moving_variance.asnumpy(),
+        net_b.bn1.moving_variance.asnumpy(),
+        rtol=1e-6,
+        atol=1e-7,
+    )

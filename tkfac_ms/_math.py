@@ -14,6 +14,7 @@ from __future__ import annotations
 from mindspore import Tensor, ops
 from mindspore import dtype as mstype
 
+
 def const(value: float, like: Tensor) -> Tensor:
     """``value`` as a scalar of ``like``'s dtype.
 
@@ -41,7 +42,8 @@ def tkfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Batch sums behind the TKFAC statistics (spec Sec. 2, paper Eq. 8 and 12).
 
     With ``s = ||a[n,t]||^2`` and ``r = ||u[n,t]||^2``:
-    ``sr_sum = sum_{n,t} s*r``, ``phi_sum = sum_{n,t} r * a a^T``, ``psi_sum = sum_{n,t} s * u u^T``.
+    ``sr_sum = sum_{n,t} s*r``, ``phi_sum = sum_{n,t} r * a a^T`` and
+    ``psi_sum = sum_{n,t} s * u u^T``.
     These are sums, so data-parallel workers all-reduce them before :func:`tkfac_from_sums`.
 
     Args:
@@ -60,8 +62,9 @@ def tkfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return sr_sum, phi_sum, psi_sum
 
 
-def tkfac_from_sums(sr_sum: Tensor, phi_sum: Tensor, psi_sum: Tensor,
-                    n: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+def tkfac_from_sums(
+    sr_sum: Tensor, phi_sum: Tensor, psi_sum: Tensor, n: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor]:
     """``delta = sr_sum / N``, ``Phi = phi_sum / (N delta)``, ``Psi = psi_sum / (N delta)``.
 
     Spec Sec. 2, with its guard: if ``delta <= 1e-30`` then ``Phi = I/d_in``, ``Psi = I/d_out``
@@ -107,7 +110,9 @@ def kfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def kfac_stats(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """KFAC factors of one batch: ``A = (1/N) sum a a^T``, ``G = (1/(N T)) sum u u^T`` (spec Sec. 6).
+    """KFAC factors of one batch (spec Sec. 6).
+
+    ``A = (1/N) sum a a^T`` and ``G = (1/(N T)) sum u u^T``.
 
     Args:
         a: ``[N, T, d_in]``.
@@ -125,15 +130,17 @@ def _eye_like(m: Tensor) -> Tensor:
     return ops.eye(m.shape[0], m.shape[0], m.dtype)
 
 
-def tkfac_nor_damping(delta: Tensor, phi: Tensor, psi: Tensor,
-                      damping: Tensor | float) -> tuple[Tensor, Tensor]:
+def tkfac_nor_damping(
+    delta: Tensor, phi: Tensor, psi: Tensor, damping: Tensor | float
+) -> tuple[Tensor, Tensor]:
     """TKFAC_nor damping (spec Sec. 3, paper Eq. 14).
 
     ``Phi_hat = sqrt(delta) Phi + sqrt(lambda) I``, ``Psi_hat = sqrt(delta) Psi + sqrt(lambda) I``.
     """
     sd = ops.sqrt(delta)
-    sl = ops.sqrt(ops.cast(damping, phi.dtype) if isinstance(damping, Tensor)
-                  else Tensor(damping, phi.dtype))
+    sl = ops.sqrt(
+        ops.cast(damping, phi.dtype) if isinstance(damping, Tensor) else Tensor(damping, phi.dtype)
+    )
     return sd * phi + sl * _eye_like(phi), sd * psi + sl * _eye_like(psi)
 
 
@@ -155,8 +162,7 @@ def tkfac_new_beta(conv_deltas: list[Tensor] | tuple[Tensor, ...], nu: float) ->
     for delta in conv_deltas:
         alive = delta > DELTA_GUARD
         safe = ops.select(alive, delta, ops.ones_like(delta))
-        ratio = ops.select(alive, ops.maximum(safe, const(nu, safe)) / safe,
-                           ops.ones_like(safe))
+        ratio = ops.select(alive, ops.maximum(safe, const(nu, safe)) / safe, ops.ones_like(safe))
         beta = ops.maximum(beta, ratio)
     return beta
 
@@ -164,16 +170,20 @@ def tkfac_new_beta(conv_deltas: list[Tensor] | tuple[Tensor, ...], nu: float) ->
 def tkfac_new_damping(delta_tilde: Tensor, phi: Tensor, psi: Tensor) -> tuple[Tensor, Tensor]:
     """TKFAC_new damped factors (spec Sec. 3, paper Eq. 15).
 
-    ``Phi~ = sqrt(delta~) Phi + (delta~ / d_in) I``, ``Psi~ = sqrt(delta~) Psi + (delta~ / d_out) I``.
+    ``Phi~ = sqrt(delta~) Phi + (delta~ / d_in) I`` and
+    ``Psi~ = sqrt(delta~) Psi + (delta~ / d_out) I``.
     """
     sd = ops.sqrt(delta_tilde)
     d_in, d_out = phi.shape[0], psi.shape[0]
-    return (sd * phi + (delta_tilde / d_in) * _eye_like(phi),
-            sd * psi + (delta_tilde / d_out) * _eye_like(psi))
+    return (
+        sd * phi + (delta_tilde / d_in) * _eye_like(phi),
+        sd * psi + (delta_tilde / d_out) * _eye_like(psi),
+    )
 
 
-def kfac_pi_damping(a_factor: Tensor, g_factor: Tensor,
-                    damping: Tensor | float) -> tuple[Tensor, Tensor]:
+def kfac_pi_damping(
+    a_factor: Tensor, g_factor: Tensor, damping: Tensor | float
+) -> tuple[Tensor, Tensor]:
     """KFAC factored Tikhonov damping with ``pi`` (spec Sec. 6, Martens & Grosse 2015).
 
     ``pi = sqrt((tr A / d_in) / (tr G / d_out))``,
@@ -183,10 +193,14 @@ def kfac_pi_damping(a_factor: Tensor, g_factor: Tensor,
     tr_a = ops.trace(a_factor) / d_in
     tr_g = ops.trace(g_factor) / d_out
     ok = ops.logical_and(tr_a > 0, tr_g > 0)
-    pi = ops.select(ok, ops.sqrt(tr_a / ops.select(ok, tr_g, ops.ones_like(tr_g))),
-                    ops.ones_like(tr_a))
-    sl = ops.sqrt(ops.cast(damping, a_factor.dtype) if isinstance(damping, Tensor)
-                  else Tensor(damping, a_factor.dtype))
+    pi = ops.select(
+        ok, ops.sqrt(tr_a / ops.select(ok, tr_g, ops.ones_like(tr_g))), ops.ones_like(tr_a)
+    )
+    sl = ops.sqrt(
+        ops.cast(damping, a_factor.dtype)
+        if isinstance(damping, Tensor)
+        else Tensor(damping, a_factor.dtype)
+    )
     return a_factor + (pi * sl) * _eye_like(a_factor), g_factor + (sl / pi) * _eye_like(g_factor)
 
 
@@ -223,15 +237,16 @@ def precondition(grad_mat: Tensor, g_inv: Tensor, a_inv: Tensor) -> Tensor:
 
 
 def grad_matrix(weight_grad: Tensor, bias_grad: Tensor | None) -> Tensor:
-    """``G_W``: weight gradient as ``[d_out, C_in*k_h*k_w]`` with the bias column appended (Sec. 1)."""
+    """``G_W``: the weight gradient as ``[d_out, C_in*k_h*k_w]``, bias column appended (Sec. 1)."""
     mat = weight_grad.reshape(weight_grad.shape[0], -1)
     if bias_grad is None:
         return mat
     return ops.concat((mat, bias_grad.reshape(-1, 1)), axis=1)
 
 
-def split_grad_matrix(mat: Tensor, weight_shape: tuple[int, ...],
-                      has_bias: bool) -> tuple[Tensor, Tensor | None]:
+def split_grad_matrix(
+    mat: Tensor, weight_shape: tuple[int, ...], has_bias: bool
+) -> tuple[Tensor, Tensor | None]:
     """Inverse of :func:`grad_matrix`: ``[d_out, d_in] -> (weight-shaped, bias or None)``."""
     if has_bias:
         return mat[:, :-1].reshape(weight_shape), mat[:, -1]

@@ -43,29 +43,39 @@ def damping_ratios(opt: TKFAC) -> list[dict[str, float | int | str]]:
     rows: list[dict[str, float | int | str]] = []
     for layer in opt.layers:
         d_in, d_out = layer.d_in, layer.d_out
-        row: dict[str, float | int | str] = {"step": last_update, "layer": layer.path,
-                                             "kind": layer.kind}
+        row: dict[str, float | int | str] = {
+            "step": last_update,
+            "layer": layer.path,
+            "kind": layer.kind,
+        }
         if cfg.approximation == Approximation.KFAC:
             a, g = layer.a_factor.asnumpy(), layer.g_factor.asnumpy()
             tr_a, tr_g = float(a.trace()) / d_in, float(g.trace()) / d_out
             pi = math.sqrt(tr_a / tr_g) if tr_a > 0 and tr_g > 0 else 1.0
             sl = math.sqrt(damping)
-            row.update(delta=float("nan"), delta_tilde=float("nan"),
-                       ratio_phi=pi * sl / tr_a if tr_a > 0 else math.inf,
-                       ratio_psi=sl / pi / tr_g if tr_g > 0 else math.inf)
+            row.update(
+                delta=float("nan"),
+                delta_tilde=float("nan"),
+                ratio_phi=pi * sl / tr_a if tr_a > 0 else math.inf,
+                ratio_psi=sl / pi / tr_g if tr_g > 0 else math.inf,
+            )
         else:
             delta = float(layer.delta.asnumpy())
             if cfg.approximation == Approximation.TKFAC_NEW:
                 scaled = delta if layer.kind == "conv" else beta * delta
                 dt = max(cfg.nu, scaled)
-                row.update(delta=delta, delta_tilde=dt, ratio_phi=math.sqrt(dt),
-                           ratio_psi=math.sqrt(dt))
+                row.update(
+                    delta=delta, delta_tilde=dt, ratio_phi=math.sqrt(dt), ratio_psi=math.sqrt(dt)
+                )
             else:
                 sd = math.sqrt(max(delta, 0.0))
                 sl = math.sqrt(damping)
-                row.update(delta=delta, delta_tilde=float("nan"),
-                           ratio_phi=sl / (sd / d_in) if sd > 0 else math.inf,
-                           ratio_psi=sl / (sd / d_out) if sd > 0 else math.inf)
+                row.update(
+                    delta=delta,
+                    delta_tilde=float("nan"),
+                    ratio_phi=sl / (sd / d_in) if sd > 0 else math.inf,
+                    ratio_psi=sl / (sd / d_out) if sd > 0 else math.inf,
+                )
         rows.append(row)
     return rows
 
@@ -93,7 +103,11 @@ class DampingDiagnostics(Callback):
         """After a step that updated the factors, record every layer's diagnostics."""
         step = int(self.optimizer.tkfac_step.asnumpy().reshape(-1)[0])
         last = step - 1  # the step just taken
-        if last < 0 or last % self.optimizer.config.factor_update_steps or last == self._logged_step:
+        if (
+            last < 0
+            or last % self.optimizer.config.factor_update_steps
+            or last == self._logged_step
+        ):
             return
         self._logged_step = last
         new = damping_ratios(self.optimizer)

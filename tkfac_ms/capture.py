@@ -32,7 +32,6 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from tkfac_ms import _math
-from tkfac_ms.config import Approximation
 
 __all__ = ["TKFACLayer", "TKFACDense", "TKFACConv2d", "wrap_network", "find_wrappers"]
 
@@ -46,9 +45,15 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 class _FactorCapture(nn.Cell):
     """Identity on ``y`` whose ``bprop`` emits the factor statistics into the probe slots."""
 
-    def __init__(self, kind: str, has_bias: bool, kernel_size: tuple[int, int] = (1, 1),
-                 stride: tuple[int, int] = (1, 1), dilation: tuple[int, int] = (1, 1),
-                 pads: tuple[int, int, int, int] = (0, 0, 0, 0)):
+    def __init__(
+        self,
+        kind: str,
+        has_bias: bool,
+        kernel_size: tuple[int, int] = (1, 1),
+        stride: tuple[int, int] = (1, 1),
+        dilation: tuple[int, int] = (1, 1),
+        pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+    ):
         super().__init__()
         self.kind = kind
         self.has_bias = has_bias
@@ -111,8 +116,15 @@ class TKFACLayer(nn.Cell):
 
     kind = "dense"
 
-    def __init__(self, layer: nn.Cell, path: str, d_in: int, d_out: int, has_bias: bool,
-                 capture: _FactorCapture):
+    def __init__(
+        self,
+        layer: nn.Cell,
+        path: str,
+        d_in: int,
+        d_out: int,
+        has_bias: bool,
+        capture: _FactorCapture,
+    ):
         super().__init__(auto_prefix=False)
         self.layer = layer
         self.path = path
@@ -129,8 +141,11 @@ class TKFACLayer(nn.Cell):
         self.capture.compute_dtype = dtype
 
         def param(field: str, value: np.ndarray) -> Parameter:
-            return Parameter(Tensor(value.astype(np_dtype)), name=f"{self.path}.tkfac.{field}",
-                             requires_grad=False)
+            return Parameter(
+                Tensor(value.astype(np_dtype)),
+                name=f"{self.path}.tkfac.{field}",
+                requires_grad=False,
+            )
 
         self.delta = param("delta", np.zeros((), np_dtype))
         self.a_factor = param("a_factor", np.zeros((self.d_in, self.d_in)))
@@ -154,6 +169,7 @@ class TKFACLayer(nn.Cell):
         return self.layer.bias if self.has_bias else None
 
     def construct(self, x):
+        """The layer's output, routed through the capture cell."""
         return self.capture(x, self.layer(x), self.delta, self.a_factor, self.g_factor)
 
 
@@ -165,8 +181,9 @@ class TKFACDense(TKFACLayer):
     def __init__(self, layer: nn.Dense, path: str):
         has_bias = bool(layer.has_bias)
         d_in = int(layer.in_channels) + int(has_bias)
-        super().__init__(layer, path, d_in, int(layer.out_channels), has_bias,
-                         _FactorCapture("dense", has_bias))
+        super().__init__(
+            layer, path, d_in, int(layer.out_channels), has_bias, _FactorCapture("dense", has_bias)
+        )
 
 
 def _conv_pads(layer: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -193,8 +210,14 @@ class TKFACConv2d(TKFACLayer):
         has_bias = bool(layer.has_bias)
         kh, kw = _pair(layer.kernel_size)
         d_in = int(layer.in_channels) * kh * kw + int(has_bias)
-        capture = _FactorCapture("conv", has_bias, (kh, kw), _pair(layer.stride),
-                                 _pair(layer.dilation), _conv_pads(layer))
+        capture = _FactorCapture(
+            "conv",
+            has_bias,
+            (kh, kw),
+            _pair(layer.stride),
+            _pair(layer.dilation),
+            _conv_pads(layer),
+        )
         super().__init__(layer, path, d_in, int(layer.out_channels), has_bias, capture)
 
 
@@ -261,8 +284,11 @@ def wrap_network(net: nn.Cell, skip: Iterable[str] = ()) -> list[TKFACLayer]:
             continue
         reason = _unsupported_reason(cell)
         if reason is not None:
-            warnings.warn(f"TKFAC: layer '{path}' is not supported ({reason}); it is left "
-                          "unwrapped and gets the plain momentum update", stacklevel=2)
+            warnings.warn(
+                f"TKFAC: layer '{path}' is not supported ({reason}); it is left "
+                "unwrapped and gets the plain momentum update",
+                stacklevel=2,
+            )
             continue
         targets.append((path, cell))
     for path, cell in targets:

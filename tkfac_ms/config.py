@@ -38,7 +38,7 @@ class LossReduction(str, Enum):
 def _enum(cls: type[Enum], value: object, name: str) -> Enum:
     if isinstance(value, cls):
         return value
-    allowed = ", ".join(repr(m.value) for m in cls)  # type: ignore[attr-defined]
+    allowed = ", ".join(repr(m.value) for m in cls)
     try:
         return cls(str(value).lower())
     except ValueError:
@@ -51,8 +51,9 @@ def _check_steps(value: object, name: str) -> int:
     return value
 
 
-def _check_range(value: float, name: str, low: float, high: float, *, low_open: bool,
-                 high_open: bool) -> float:
+def _check_range(
+    value: float, name: str, low: float, high: float, *, low_open: bool, high_open: bool
+) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -89,30 +90,64 @@ class TKFACConfig:
     def __post_init__(self) -> None:
         """Check every field; raise ``ValueError`` naming the field and its allowed range."""
         put = object.__setattr__
-        put(self, "momentum", _check_range(self.momentum, "momentum", 0.0, 1.0,
-                                           low_open=False, high_open=True))
-        put(self, "weight_decay", _check_range(self.weight_decay, "weight_decay", 0.0, math.inf,
-                                               low_open=False, high_open=True))
+        put(
+            self,
+            "momentum",
+            _check_range(self.momentum, "momentum", 0.0, 1.0, low_open=False, high_open=True),
+        )
+        put(
+            self,
+            "weight_decay",
+            _check_range(
+                self.weight_decay, "weight_decay", 0.0, math.inf, low_open=False, high_open=True
+            ),
+        )
         if isinstance(self.damping, (list, tuple)):
             if not self.damping:
                 raise ValueError("damping must be a float > 0 or a non-empty per-step list")
-            put(self, "damping", tuple(
-                _check_range(d, "damping", 0.0, math.inf, low_open=True, high_open=True)
-                for d in self.damping))
+            put(
+                self,
+                "damping",
+                tuple(
+                    _check_range(d, "damping", 0.0, math.inf, low_open=True, high_open=True)
+                    for d in self.damping
+                ),
+            )
         else:
-            put(self, "damping", _check_range(self.damping, "damping", 0.0, math.inf,  # type: ignore[arg-type]
-                                              low_open=True, high_open=True))
+            put(
+                self,
+                "damping",
+                _check_range(
+                    self.damping,  # type: ignore[arg-type]
+                    "damping",
+                    0.0,
+                    math.inf,
+                    low_open=True,
+                    high_open=True,
+                ),
+            )
         put(self, "nu", _check_range(self.nu, "nu", 0.0, math.inf, low_open=True, high_open=True))
         put(self, "approximation", _enum(Approximation, self.approximation, "approximation"))
-        put(self, "factor_decay", _check_range(self.factor_decay, "factor_decay", 0.0, 1.0,
-                                               low_open=False, high_open=True))
-        put(self, "factor_update_steps", _check_steps(self.factor_update_steps,
-                                                      "factor_update_steps"))
+        put(
+            self,
+            "factor_decay",
+            _check_range(
+                self.factor_decay, "factor_decay", 0.0, 1.0, low_open=False, high_open=True
+            ),
+        )
+        put(
+            self,
+            "factor_update_steps",
+            _check_steps(self.factor_update_steps, "factor_update_steps"),
+        )
         put(self, "inv_update_steps", _check_steps(self.inv_update_steps, "inv_update_steps"))
         put(self, "fisher", _enum(FisherType, self.fisher, "fisher"))
         if self.kl_clip is not None:
-            put(self, "kl_clip", _check_range(self.kl_clip, "kl_clip", 0.0, math.inf,
-                                              low_open=True, high_open=True))
+            put(
+                self,
+                "kl_clip",
+                _check_range(self.kl_clip, "kl_clip", 0.0, math.inf, low_open=True, high_open=True),
+            )
         put(self, "loss_reduction", _enum(LossReduction, self.loss_reduction, "loss_reduction"))
 
     def damping_at(self, step: int) -> float:

@@ -23,7 +23,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from tkfac_ms import _math
-from tkfac_ms.capture import TKFACLayer, wrap_network
+from tkfac_ms.capture import wrap_network
 from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfig
 
 __all__ = ["TKFAC", "default_decay_filter"]
@@ -45,8 +45,12 @@ def _momentum_step(lr, momentum, weight_decay, weight, moment, d):
 
 def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:
     """Weight decay for every parameter except normalization layers' ones and biases (1-D)."""
-    norm_ids = {id(p) for _, c in net.cells_and_names() if isinstance(c, _NORM_CELLS)
-                for p in c.get_parameters()}
+    norm_ids = {
+        id(p)
+        for _, c in net.cells_and_names()
+        if isinstance(c, _NORM_CELLS)
+        for p in c.get_parameters()
+    }
     return lambda p: id(p) not in norm_ids and len(p.shape) > 1
 
 
@@ -77,24 +81,42 @@ class TKFAC(nn.Optimizer):
         factor_dtype: dtype of the factor state (default float32; float64 on Dense-only nets).
     """
 
-    def __init__(self, net: nn.Cell, learning_rate, momentum: float = 0.9,
-                 weight_decay: float = 0.0, damping: float | Sequence[float] = 1e-3,
-                 nu: float = 1e-3, approximation: Approximation | str = "tkfac_nor",
-                 factor_decay: float = 0.95, factor_update_steps: int = 100,
-                 inv_update_steps: int = 100, fisher: FisherType | str = "true",
-                 kl_clip: float | None = None, loss_reduction: LossReduction | str = "mean",
-                 skip: Iterable[str] = (),
-                 decay_filter: Callable[[Parameter], bool] | None = None,
-                 factor_dtype: mstype.Type = mstype.float32):
+    def __init__(
+        self,
+        net: nn.Cell,
+        learning_rate,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        damping: float | Sequence[float] = 1e-3,
+        nu: float = 1e-3,
+        approximation: Approximation | str = "tkfac_nor",
+        factor_decay: float = 0.95,
+        factor_update_steps: int = 100,
+        inv_update_steps: int = 100,
+        fisher: FisherType | str = "true",
+        kl_clip: float | None = None,
+        loss_reduction: LossReduction | str = "mean",
+        skip: Iterable[str] = (),
+        decay_filter: Callable[[Parameter], bool] | None = None,
+        factor_dtype: mstype.Type = mstype.float32,
+    ):
         if not isinstance(net, nn.Cell):
             raise TypeError(f"net must be a mindspore.nn.Cell, got {type(net).__name__}")
         if factor_dtype not in (mstype.float32, mstype.float64):
             raise ValueError(f"factor_dtype must be float32 or float64, got {factor_dtype}")
-        cfg = TKFACConfig(momentum=momentum, weight_decay=weight_decay, damping=damping, nu=nu,
-                          approximation=approximation, factor_decay=factor_decay,
-                          factor_update_steps=factor_update_steps,
-                          inv_update_steps=inv_update_steps, fisher=fisher, kl_clip=kl_clip,
-                          loss_reduction=loss_reduction)
+        cfg = TKFACConfig(
+            momentum=momentum,
+            weight_decay=weight_decay,
+            damping=damping,
+            nu=nu,
+            approximation=approximation,
+            factor_decay=factor_decay,
+            factor_update_steps=factor_update_steps,
+            inv_update_steps=inv_update_steps,
+            fisher=fisher,
+            kl_clip=kl_clip,
+            loss_reduction=loss_reduction,
+        )
         layers = [w for w in wrap_network(net, skip) if w.weight.requires_grad]
         is_kfac = cfg.approximation == Approximation.KFAC
         for w in layers:
@@ -138,8 +160,9 @@ class TKFAC(nn.Optimizer):
         self.damping_values = Tensor(np.asarray(damp, dtype=np_dtype))
         self.last_damping_index = len(damp) - 1
         selects = decay_filter if decay_filter is not None else default_decay_filter(net)
-        self.decay_values = tuple(cfg.weight_decay if (cfg.weight_decay and selects(p)) else 0.0
-                                  for p in self._parameters)
+        self.decay_values = tuple(
+            cfg.weight_decay if (cfg.weight_decay and selects(p)) else 0.0 for p in self._parameters
+        )
 
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
         self.beta = Parameter(Tensor(1.0, factor_dtype), name="tkfac.beta", requires_grad=False)
@@ -208,18 +231,21 @@ class TKFAC(nn.Optimizer):
                 cur_a = stats[3 * i + 1] / count
                 cur_g = stats[3 * i + 2] * c2 / count
             else:
-                delta, phi, psi = _math.tkfac_from_sums(stats[3 * i] * c2, stats[3 * i + 1] * c2,
-                                                        stats[3 * i + 2] * c2, count)
+                delta, phi, psi = _math.tkfac_from_sums(
+                    stats[3 * i] * c2, stats[3 * i + 1] * c2, stats[3 * i + 2] * c2, count
+                )
                 if self.is_new:
                     dt = _math.tkfac_new_delta(delta, self.nu, None if self.is_conv[i] else beta)
                     cur_a, cur_g = _math.tkfac_new_damping(dt, phi, psi)
                 else:
                     cur_a, cur_g = _math.tkfac_nor_damping(delta, phi, psi, damping)
                 ops.assign(self.delta_state[i], delta)
-            ops.assign(self.a_factor[i],
-                       _math.moving_average(self.a_factor[i], cur_a, decay, first))
-            ops.assign(self.g_factor[i],
-                       _math.moving_average(self.g_factor[i], cur_g, decay, first))
+            ops.assign(
+                self.a_factor[i], _math.moving_average(self.a_factor[i], cur_a, decay, first)
+            )
+            ops.assign(
+                self.g_factor[i], _math.moving_average(self.g_factor[i], cur_g, decay, first)
+            )
         return first
 
     def update_inverses(self):
@@ -240,14 +266,16 @@ class TKFAC(nn.Optimizer):
         for i in range(self.num_layers):
             gw = gradients[self.w_idx[i]]
             gb = gradients[self.b_idx[i]] if self.has_bias[i] else None
-            mat = _math.grad_matrix(ops.cast(gw, self.factor_dtype),
-                                    None if gb is None else ops.cast(gb, self.factor_dtype))
+            mat = _math.grad_matrix(
+                ops.cast(gw, self.factor_dtype),
+                None if gb is None else ops.cast(gb, self.factor_dtype),
+            )
             d = _math.precondition(mat, self.g_inv[i], self.a_inv[i])
             dw, db = _math.split_grad_matrix(d, self.weight_shapes[i], self.has_bias[i])
             out += (ops.cast(dw, gw.dtype),)
             if self.has_bias[i]:
                 out += (ops.cast(db, gb.dtype),)
-        return out + gradients[self.num_layer_params:]
+        return out + gradients[self.num_layer_params :]
 
     def kl_scale(self, updates, gradients, lr):
         """KL clipping factor ``min(1, sqrt(kappa / (lr^2 sum_layers <D, G_W>)))`` (Sec. 5)."""
@@ -257,10 +285,14 @@ class TKFAC(nn.Optimizer):
         lr_f = ops.cast(lr, self.factor_dtype)
         denom = lr_f * lr_f * vg
         safe = ops.select(denom > 0, denom, ops.ones_like(denom))
-        return ops.select(denom > 0, ops.minimum(ops.sqrt(_math.const(self.kl_clip, safe) / safe),
-                                                 ops.ones_like(safe)), ops.ones_like(safe))
+        return ops.select(
+            denom > 0,
+            ops.minimum(ops.sqrt(_math.const(self.kl_clip, safe) / safe), ops.ones_like(safe)),
+            ops.ones_like(safe),
+        )
 
     def construct(self, gradients):
+        """Spec Sec. 5 steps 2-6 with this step's gradients (in ``self.parameters`` order)."""
         lr = self.get_lr()
         if self.is_inverse_step():
             self.update_inverses()
@@ -268,7 +300,12 @@ class TKFAC(nn.Optimizer):
         if self.kl_clip is not None:
             nu = self.kl_scale(updates, gradients, lr)
             updates = tuple(u * ops.cast(nu, u.dtype) for u in updates)
-        success = self.hyper_map(ops.partial(_apply_update, lr, self.momentum_value),
-                                 self.decay_values, self._parameters, self.moments, updates)
+        success = self.hyper_map(
+            ops.partial(_apply_update, lr, self.momentum_value),
+            self.decay_values,
+            self._parameters,
+            self.moments,
+            updates,
+        )
         ops.assign_add(self.global_step, self.global_step_increase_tensor)
         return success

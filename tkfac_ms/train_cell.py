@@ -4,7 +4,8 @@
 ``nn.TrainOneStepCell`` (and ``nn.TrainOneStepWithLossScaleCell`` when given ``scale_sense``),
 so ``mindspore.train.Model(cell).train(...)`` runs TKFAC.
 
-Per step (spec Sec. 5), all decided inside the compiled graph from the step counter ``t`` (``global_step``):
+Per step (spec Sec. 5), all decided inside the compiled graph from the step counter ``t``
+(``global_step``):
 
 * ordinary steps: one backward with respect to the weights only. The capture cells' statistics
   are not asked for, so no im2col, covariance or inversion is computed;
@@ -66,13 +67,19 @@ class _SampledNLL(nn.Cell):
         logp = _log_softmax(logits)
         if sampled_label is None:
             # Gumbel-max: argmax(log p + G), G ~ Gumbel(0, 1), is a draw from softmax(logits).
-            uniform = ops.uniform(logp.shape, Tensor(1e-20, mstype.float32),
-                                  Tensor(1.0, mstype.float32))
+            uniform = ops.uniform(
+                logp.shape, Tensor(1e-20, mstype.float32), Tensor(1.0, mstype.float32)
+            )
             gumbel = -ops.log(-ops.log(uniform))
             sampled_label = ops.stop_gradient(
-                ops.argmax(ops.cast(logp, mstype.float32) + gumbel, dim=-1))
-        onehot = ops.one_hot(ops.cast(sampled_label, mstype.int32), logp.shape[-1],
-                             Tensor(1.0, mstype.float32), Tensor(0.0, mstype.float32))
+                ops.argmax(ops.cast(logp, mstype.float32) + gumbel, dim=-1)
+            )
+        onehot = ops.one_hot(
+            ops.cast(sampled_label, mstype.int32),
+            logp.shape[-1],
+            Tensor(1.0, mstype.float32),
+            Tensor(0.0, mstype.float32),
+        )
         return -(ops.cast(onehot, logp.dtype) * logp).sum()
 
 
@@ -87,8 +94,14 @@ def _copy_into(targets, sources, after=None):
 class _BatchStatistics(nn.Cell):
     """The probe gradients of one batch, leaving every parameter and buffer as it was."""
 
-    def __init__(self, network: nn.Cell, sampled_nll: nn.Cell | None, probes: ParameterTuple,
-                 buffers: ParameterTuple, backup: ParameterTuple):
+    def __init__(
+        self,
+        network: nn.Cell,
+        sampled_nll: nn.Cell | None,
+        probes: ParameterTuple,
+        buffers: ParameterTuple,
+        backup: ParameterTuple,
+    ):
         super().__init__(auto_prefix=False)
         self.network = network
         self.sampled_nll = sampled_nll
@@ -99,6 +112,7 @@ class _BatchStatistics(nn.Cell):
         self.grad_probes = ops.GradOperation(get_by_list=True)
 
     def construct(self, data, label, sampled_label=None):
+        """One training step (spec Sec. 5); returns the loss."""
         # BatchNorm running statistics are put back after this extra forward pass. The copies go
         # through backup Parameters (an ops.identity of a Parameter is no snapshot in a compiled
         # graph), and the restore waits on the statistics, so it runs after the forward pass.
@@ -128,8 +142,9 @@ class TKFACTrainOneStepCell(nn.Cell):
             softmax cross-entropy, so the backbone must output class logits.
     """
 
-    def __init__(self, network: nn.Cell, optimizer: TKFAC, scale_sense=None,
-                 backbone: nn.Cell | None = None):
+    def __init__(
+        self, network: nn.Cell, optimizer: TKFAC, scale_sense=None, backbone: nn.Cell | None = None
+    ):
         super().__init__(auto_prefix=False)
         if not isinstance(optimizer, TKFAC):
             raise TypeError(f"optimizer must be a tkfac_ms.TKFAC, got {type(optimizer).__name__}")
@@ -149,42 +164,61 @@ class TKFACTrainOneStepCell(nn.Cell):
             if backbone is None:
                 backbone = getattr(network, "backbone_network", None)
             if backbone is None:
-                raise ValueError("fisher='true' needs the logits network: pass backbone=..., or "
-                                 "use nn.WithLossCell, or set fisher='empirical'")
+                raise ValueError(
+                    "fisher='true' needs the logits network: pass backbone=..., or "
+                    "use nn.WithLossCell, or set fisher='empirical'"
+                )
             self.sampled_nll = _SampledNLL(backbone)
         # Non-trainable network parameters other than the TKFAC state: BatchNorm running
         # statistics and the like, which an extra forward pass must not update.
-        state_ids = {id(p) for w in optimizer.layers
-                     for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)}
-        self.buffers = ParameterTuple([p for p in network.get_parameters()
-                                       if not p.requires_grad and id(p) not in state_ids])
+        state_ids = {
+            id(p)
+            for w in optimizer.layers
+            for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)
+        }
+        self.buffers = ParameterTuple(
+            [p for p in network.get_parameters() if not p.requires_grad and id(p) not in state_ids]
+        )
         # Scratch copies of those buffers: one to undo a skipped step, one to undo the extra pass.
         self.step_backup = self.buffers.clone(prefix="tkfac_backup.step", init="same")
         stats_backup = self.buffers.clone(prefix="tkfac_backup.stats", init="same")
         for p in (*self.step_backup, *stats_backup):
             p.requires_grad = False
         self.batch_statistics = _BatchStatistics(
-            network, None if self.empirical else self.sampled_nll, self.probes, self.buffers,
-            stats_backup)
+            network,
+            None if self.empirical else self.sampled_nll,
+            self.probes,
+            self.buffers,
+            stats_backup,
+        )
         self.loss_scaling_manager = None
         if isinstance(scale_sense, nn.Cell):
             self.loss_scaling_manager = scale_sense
-            self.scale_sense = Parameter(Tensor(scale_sense.get_loss_scale(), mstype.float32),
-                                         name="scale_sense")
+            self.scale_sense = Parameter(
+                Tensor(scale_sense.get_loss_scale(), mstype.float32), name="scale_sense"
+            )
         elif isinstance(scale_sense, Tensor):
             if scale_sense.shape not in ((), (1,)):
-                raise ValueError(f"scale_sense must be a scalar Tensor, got shape "
-                                 f"{scale_sense.shape}")
-            self.scale_sense = Parameter(ops.cast(scale_sense, mstype.float32).reshape(()),
-                                         name="scale_sense")
+                raise ValueError(
+                    f"scale_sense must be a scalar Tensor, got shape {scale_sense.shape}"
+                )
+            self.scale_sense = Parameter(
+                ops.cast(scale_sense, mstype.float32).reshape(()), name="scale_sense"
+            )
         elif scale_sense is None:
             self.scale_sense = Parameter(Tensor(1.0, mstype.float32), name="scale_sense")
         else:
-            raise TypeError("scale_sense must be None, a Tensor or a loss-scale update Cell, "
-                            f"got {type(scale_sense).__name__}")
-        self.nonfinite_steps = Parameter(Tensor(0, mstype.int32), name="tkfac.nonfinite_steps",
-                                         requires_grad=False)
-        parallel = _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL)
+            raise TypeError(
+                "scale_sense must be None, a Tensor or a loss-scale update Cell, "
+                f"got {type(scale_sense).__name__}"
+            )
+        self.nonfinite_steps = Parameter(
+            Tensor(0, mstype.int32), name="tkfac.nonfinite_steps", requires_grad=False
+        )
+        parallel = _get_parallel_mode() in (
+            ParallelMode.DATA_PARALLEL,
+            ParallelMode.HYBRID_PARALLEL,
+        )
         self.distributed = parallel and get_group_size() > 1
         self.grad_reducer = ops.identity
         if self.distributed:
@@ -215,8 +249,9 @@ class TKFACTrainOneStepCell(nn.Cell):
             if opt.is_kfac:
                 out[path] = {"a": a_sum / n, "g": g_sum * c2 / n}
             else:
-                delta, phi, psi = _math.tkfac_from_sums(sr * c2, a_sum * c2, g_sum * c2,
-                                                        Tensor(n, a_sum.dtype))
+                delta, phi, psi = _math.tkfac_from_sums(
+                    sr * c2, a_sum * c2, g_sum * c2, Tensor(n, a_sum.dtype)
+                )
                 out[path] = {"delta": delta, "phi": phi, "psi": psi}
         return out
 
@@ -242,11 +277,12 @@ class TKFACTrainOneStepCell(nn.Cell):
         """A factor-update step: gradients, statistics and (if all finite) the factor update."""
         if self.empirical:
             loss = self.network(data, label)
-            both = self.grad(self.network, self.weights_and_probes)(data, label,
-                                                                     self._sens(loss, scale))
-            grads = self.hyper_map(ops.partial(_grad_scale, scale), both[:self.num_weights])
+            both = self.grad(self.network, self.weights_and_probes)(
+                data, label, self._sens(loss, scale)
+            )
+            grads = self.hyper_map(ops.partial(_grad_scale, scale), both[: self.num_weights])
             grads = self.grad_reducer(grads)
-            stats = both[self.num_weights:]
+            stats = both[self.num_weights :]
             # u = c * dout, with c = N / S for a mean loss and 1 / S for a sum loss.
             c = count / scale if self.mean_loss else 1.0 / scale
         else:
@@ -262,6 +298,7 @@ class TKFACTrainOneStepCell(nn.Cell):
         return loss, grads, finite
 
     def construct(self, data, label, sampled_label=None):
+        """One training step (spec Sec. 5); returns the loss."""
         data = ops.depend(data, _copy_into(self.step_backup, self.buffers))
         scale = self.scale_sense
         count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
