@@ -1,0 +1,478 @@
+"""TKFAC as a ``torch.optim.Optimizer`` (spec Sec. 3-6; paper Algorithm 1, Eq. 8-18).
+
+Orchestration only: ``capture.py`` records ``a`` and ``u``, ``_math.py`` holds every formula,
+this module decides when each runs and keeps the state. The MindSpore twin is
+``tkfac_ms/optimizer.py``.
+
+One call of :meth:`TKFAC.step` is one optimizer step ``t`` (counted from 0), spec Sec. 5:
+
+1. ``t % factor_update_steps == 0``: statistics of this batch (Sec. 2 or 6), damping (Sec. 3),
+   moving average (Sec. 4) for every preconditioned layer;
+2. ``t % inv_update_steps == 0``: both inverses of every layer (Sec. 4);
+3. ``D = g_inv @ G_W @ a_inv`` for every preconditioned layer, ``D = grad`` for every other
+   parameter; optional KL clipping scales every ``D``;
+4. ``D += weight_decay * w`` for the parameters the decay filter selects;
+5. ``v = momentum * v + D``, ``w = w - lr_t * v``;
+6. ``t += 1``, and the capture hooks are armed if step ``t`` updates the factors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from reference_torch import _math
+from reference_torch.capture import LayerCapture, unsupported_reason
+from reference_torch.config import (
+    Approximation,
+    FisherType,
+    LossReduction,
+    Schedule,
+    TKFACConfig,
+)
+
+__all__ = ["TKFAC", "LayerState", "default_decay_filter"]
+
+#: Normalization layers, whose parameters get no weight decay by default.
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+               nn.modules.instancenorm._InstanceNorm)
+
+DecayFilter = Callable[[str, nn.Parameter], bool]
+
+
+def default_decay_filter(model: nn.Module) -> DecayFilter:
+    """Weight decay for every parameter except biases (1-d) and normalization layers' ones."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES)
+                for p in m.parameters(recurse=False)}
+
+    def selects(name: str, param: nn.Parameter) -> bool:
+        return id(param) not in norm_ids and param.ndim > 1
+
+    return selects
+
+
+@dataclass
+class LayerState:
+    """What the optimizer keeps for one preconditioned layer (read it, don't write it).
+
+    The convention is the same for all approximations: ``a_*`` is the input-side
+    ``[d_in, d_in]`` factor and ``g_*`` the output-side ``[d_out, d_out]`` one.
+
+    Attributes:
+        delta: last factor update's ``delta`` (0-d; TKFAC only, None for KFAC).
+        phi: last factor update's ``Phi`` (TKFAC only, undamped, trace 1).
+        psi: last factor update's ``Psi`` (TKFAC only, undamped, trace 1).
+        a_batch: last factor update's input factor as it entered the moving average: damped
+            ``Phi_hat`` (TKFAC_nor) or ``Phi~`` (TKFAC_new); ``A`` (KFAC, undamped).
+        g_batch: the output-side counterpart: ``Psi_hat``, ``Psi~`` or ``G``.
+        a_factor: moving-average state of ``a_batch`` (spec Sec. 4).
+        g_factor: moving-average state of ``g_batch``.
+        a_inv: ``a_factor^-1`` (KFAC: ``A_hat^-1`` of the pi-damped state).
+        g_inv: ``g_factor^-1`` (KFAC: ``G_hat^-1``).
+    """
+
+    delta: Tensor | None = None
+    phi: Tensor | None = None
+    psi: Tensor | None = None
+    a_batch: Tensor | None = None
+    g_batch: Tensor | None = None
+    a_factor: Tensor | None = None
+    g_factor: Tensor | None = None
+    a_inv: Tensor | None = None
+    g_inv: Tensor | None = None
+
+
+@dataclass
+class _Layer:
+    """One preconditioned layer: the user's module, its hooks and its state."""
+
+    name: str
+    module: nn.Module
+    capture: LayerCapture
+    is_conv: bool
+    state: LayerState
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight  # type: ignore[return-value]
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        return self.module.bias  # type: ignore[return-value]
+
+
+class TKFAC(torch.optim.Optimizer):
+    """Trace-restricted KFAC (Gao et al., AAAI 2021): TKFAC_nor, TKFAC_new, and KFAC.
+
+    Every ``nn.Linear`` and ``nn.Conv2d`` (groups=1, zero padding) of ``model`` whose
+    parameters all require grad is preconditioned; every other trainable parameter (BatchNorm,
+    skipped or unsupported layers, ...) gets the plain momentum update with ``D = grad``.
+
+    Empirical Fisher (``fisher="empirical"``)::
+
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    True Fisher (``fisher="true"``, the default and the paper's)::
+
+        opt.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        opt.sample_fisher_backward(logits)   # before loss.backward()
+        loss.backward()
+        opt.step()
+
+    On factor-update steps :meth:`sample_fisher_backward` draws ``y~ ~ softmax(logits)`` and
+    back-propagates ``sum_n -log p(y~_n | x_n)`` to record ``u``, without touching ``.grad``;
+    on other steps it does nothing.
+
+    Args:
+        model: the network. Its layers are found with ``model.named_modules()``; the layer
+            names used by ``skip_layers`` and :meth:`layer_state` are those names.
+        lr: learning rate ``alpha_t > 0``, a float or ``step -> float``.
+        momentum: ``tau`` in ``[0, 1)``. The buffer starts at 0, so ``v = D`` on step 0.
+        weight_decay: ``>= 0``, added to ``D`` after preconditioning (spec Sec. 5 step 4).
+        damping: ``lambda > 0`` of TKFAC_nor (applied on factor updates, Eq. 14) and KFAC
+            (applied on inverse updates, spec Sec. 6); a float or ``step -> float``.
+            Unused by TKFAC_new.
+        nu: trace floor ``> 0`` of TKFAC_new (Eq. 15-16).
+        approximation: ``"tkfac_nor"``, ``"tkfac_new"`` or ``"kfac"`` (or the enum).
+        factor_decay: ``epsilon`` in ``[0, 1)`` of the moving average (Eq. 17-18).
+        factor_update_steps: ``T_FIM >= 1``.
+        inv_update_steps: ``T_INV >= 1``.
+        fisher: ``"true"`` or ``"empirical"`` (spec Sec. 1).
+        kl_clip: ``kappa > 0`` of KL clipping (spec Sec. 5), or None (off).
+        skip_layers: ``fnmatch`` patterns of layer names left to plain momentum. Listing an
+            unsupported layer here silences its warning.
+        loss_reduction: ``"mean"`` or ``"sum"``: how the training loss reduces over the batch
+            (the per-sample scale of ``u`` for the empirical Fisher).
+        decay_filter: ``(name, param) -> bool``, the parameters that get weight decay;
+            default :func:`default_decay_filter` (no biases, no normalization parameters).
+        factor_dtype: dtype of the factor state, ``torch.float32`` or ``torch.float64``;
+            default: the weight's dtype (at least float32).
+
+    Raises:
+        ValueError: naming the argument, if any argument is invalid.
+    """
+
+    def __init__(self, model: nn.Module, lr: Schedule, momentum: float = 0.9,
+                 weight_decay: float = 0.0, damping: Schedule = 1e-3, nu: float = 1e-3,
+                 approximation: Approximation | str = "tkfac_nor", factor_decay: float = 0.95,
+                 factor_update_steps: int = 100, inv_update_steps: int = 100,
+                 fisher: FisherType | str = "true", kl_clip: float | None = None,
+                 skip_layers: Iterable[str] = (), loss_reduction: LossReduction | str = "mean",
+                 decay_filter: DecayFilter | None = None,
+                 factor_dtype: torch.dtype | None = None):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.config = TKFACConfig(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping, nu=nu,
+            approximation=approximation, factor_decay=factor_decay,
+            factor_update_steps=factor_update_steps, inv_update_steps=inv_update_steps,
+            fisher=fisher, kl_clip=kl_clip, loss_reduction=loss_reduction)
+        patterns = _check_skip_layers(skip_layers)
+        if decay_filter is not None and not callable(decay_filter):
+            raise ValueError(f"decay_filter must be a callable (name, param) -> bool or None, "
+                             f"got {decay_filter!r}")
+        if factor_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"factor_dtype must be None, torch.float32 or torch.float64, "
+                             f"got {factor_dtype!r}")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model has no parameter that requires grad")
+        super().__init__([p for _, p in named], defaults={})
+
+        self.factor_dtype = factor_dtype
+        self._layers = _find_layers(model, patterns)
+        selects = decay_filter if decay_filter is not None else default_decay_filter(model)
+        self._decayed = {id(p) for n, p in named if selects(n, p)}
+        self._t = 0  # the step t of the next call to step()
+        self.beta = torch.tensor(1.0)  # TKFAC_new's beta of the last factor update
+        self._arm_captures()
+
+    # ------------------------------------------------------------------ public views
+    @property
+    def tkfac_step(self) -> int:
+        """The step ``t`` that the next :meth:`step` performs (0 before the first one)."""
+        return self._t
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Names (from ``model.named_modules()``) of the preconditioned layers."""
+        return tuple(self._layers)
+
+    def layer_state(self, name: str) -> LayerState:
+        """The live :class:`LayerState` of a preconditioned layer (do not modify it)."""
+        if name not in self._layers:
+            raise KeyError(f"{name!r} is not a preconditioned layer; those are "
+                           f"{list(self._layers)}")
+        return self._layers[name].state
+
+    def is_factor_step(self, t: int | None = None) -> bool:
+        """Whether step ``t`` (default: the next one) updates the factors."""
+        return (self._t if t is None else t) % self.config.factor_update_steps == 0
+
+    def is_inverse_step(self, t: int | None = None) -> bool:
+        """Whether step ``t`` (default: the next one) recomputes the inverses."""
+        return (self._t if t is None else t) % self.config.inv_update_steps == 0
+
+    # ------------------------------------------------------------------ true Fisher
+    def sample_fisher_backward(self, logits: Tensor, sampled_labels: Tensor | None = None,
+                               generator: torch.Generator | None = None) -> Tensor | None:
+        """Record ``u`` for the true Fisher (spec Sec. 1) from a softmax classifier's logits.
+
+        Call it after the forward pass and before ``loss.backward()``. On a factor-update step
+        with ``fisher="true"`` it draws ``y~_n ~ Categorical(softmax(logits_n))`` (or takes
+        ``sampled_labels``) and back-propagates ``sum_n -log p(y~_n | x_n)`` with
+        ``torch.autograd.grad(..., retain_graph=True)``: ``.grad`` is untouched, and ``u`` is
+        recorded with scale 1 (the loss is a sum). The following ``loss.backward()`` does not
+        overwrite it. On every other step, and for ``fisher="empirical"``, it does nothing.
+
+        Args:
+            logits: ``[N, C]``, the model output of this step's forward pass.
+            sampled_labels: ``[N]`` integer labels to use instead of sampling (parity tests).
+            generator: random generator for the sampling.
+
+        Returns:
+            The labels used ``[N]``, or None when nothing was done.
+        """
+        if self.config.fisher != FisherType.TRUE or not self.is_factor_step():
+            return None
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be [N, C], got shape {tuple(logits.shape)}")
+        if sampled_labels is None:
+            probs = torch.softmax(logits.detach().double(), dim=1)
+            sampled_labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        elif (sampled_labels.shape != logits.shape[:1] or sampled_labels.is_floating_point()
+              or sampled_labels.is_complex()):
+            raise ValueError(f"sampled_labels must be an integer tensor of shape "
+                             f"[{logits.shape[0]}], got {sampled_labels.dtype} "
+                             f"{tuple(sampled_labels.shape)}")
+        seen = [layer for layer in self._layers.values() if layer.capture.a is not None]
+        if not seen:
+            raise RuntimeError("sample_fisher_backward() found no recorded forward pass: call it "
+                               "after model(x) and before loss.backward()")
+        nll = F.cross_entropy(logits, sampled_labels.to(logits.device), reduction="sum")
+        for layer in seen:
+            layer.capture.reduction = LossReduction.SUM  # -log p summed: u already per-sample
+            layer.capture.record_backward = True
+        try:
+            torch.autograd.grad(nll, [layer.weight for layer in seen], retain_graph=True,
+                                allow_unused=True)
+        finally:
+            for layer in seen:
+                layer.capture.record_backward = False
+        return sampled_labels
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One optimizer step ``t`` (spec Sec. 5); see the module docstring for the order.
+
+        A preconditioned layer that has no inverses yet (it was not used on any factor-update
+        step so far) takes ``D = grad``; a parameter without ``.grad`` is left unchanged.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        t, cfg = self._t, self.config
+        if self.is_factor_step(t):
+            self._update_factors(cfg.damping_at(t))
+        if self.is_inverse_step(t):
+            self._update_inverses(cfg.damping_at(t))
+        lr = cfg.lr_at(t)
+        updates = self._directions(lr)
+        for p, d in updates.items():
+            if id(p) in self._decayed and cfg.weight_decay != 0.0:
+                d = d + cfg.weight_decay * p  # step 4
+            buf = self.state[p].get("momentum_buffer")
+            if buf is None:  # v starts at 0, so v = D on the first step
+                buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            buf.mul_(cfg.momentum).add_(d)  # step 5: v = tau v + D
+            p.add_(buf, alpha=-lr)  # w = w - alpha_t v
+        self._t = t + 1
+        self._arm_captures()
+        return loss
+
+    def _arm_captures(self) -> None:
+        """Arm the hooks iff the next step updates the factors (capture only when asked)."""
+        record = self.config.fisher == FisherType.EMPIRICAL
+        reduction = LossReduction(self.config.loss_reduction)
+        for layer in self._layers.values():
+            if self.is_factor_step():
+                layer.capture.arm(reduction, record_backward=record)
+            else:
+                layer.capture.disarm()
+
+    def _dtype_for(self, layer: _Layer) -> torch.dtype:
+        if self.factor_dtype is not None:
+            return self.factor_dtype
+        return torch.promote_types(layer.weight.dtype, torch.float32)
+
+    def _update_factors(self, damping: float) -> None:
+        """Spec Sec. 2-4 on this batch: statistics, damping, moving average of every layer."""
+        cfg = self.config
+        updated: list[_Layer] = []
+        for layer in self._layers.values():
+            a, u = layer.capture.a, layer.capture.u
+            if a is None:
+                continue  # the layer was not used in this step's forward pass
+            if u is None:
+                raise RuntimeError(self._missing_u_message(layer.name))
+            dtype = self._dtype_for(layer)
+            a, u = a.to(dtype), u.to(dtype)
+            st = layer.state
+            if cfg.approximation == Approximation.KFAC:
+                st.a_batch, st.g_batch = _math.kfac_stats(a, u)  # spec Sec. 6
+            else:
+                st.delta, st.phi, st.psi = _math.tkfac_stats(a, u)  # spec Sec. 2
+            updated.append(layer)
+
+        if cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 16, over the whole network
+            conv_deltas = [ly.state.delta for ly in updated if ly.is_conv]
+            self.beta = _math.tkfac_new_beta(conv_deltas, cfg.nu)  # type: ignore[arg-type]
+        for layer in updated:
+            st = layer.state
+            if cfg.approximation == Approximation.TKFAC_NOR:  # Eq. 14
+                st.a_batch, st.g_batch = _math.tkfac_nor_damping(
+                    st.delta, st.phi, st.psi, damping)  # type: ignore[arg-type]
+            elif cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 15
+                beta = None if layer.is_conv else self.beta.to(st.phi.dtype)  # type: ignore[union-attr]
+                st.a_batch, st.g_batch = _math.tkfac_new_damping(
+                    st.delta, st.phi, st.psi, cfg.nu, beta)  # type: ignore[arg-type]
+            first = st.a_factor is None
+            st.a_factor = _math.moving_average(st.a_factor, st.a_batch, cfg.factor_decay, first)  # type: ignore[arg-type]
+            st.g_factor = _math.moving_average(st.g_factor, st.g_batch, cfg.factor_decay, first)  # type: ignore[arg-type]
+
+    def _missing_u_message(self, name: str) -> str:
+        if self.config.fisher == FisherType.TRUE:
+            return (f"layer {name!r}: no output gradient was recorded on factor-update step "
+                    f"{self._t}. With fisher='true', call opt.sample_fisher_backward(logits) "
+                    f"after the forward pass and before loss.backward()")
+        return (f"layer {name!r}: no output gradient was recorded on factor-update step "
+                f"{self._t}; call loss.backward() before opt.step()")
+
+    def _update_inverses(self, damping: float) -> None:
+        """Spec Sec. 4 (and Sec. 6 damping for KFAC): invert both factors of every layer."""
+        for layer in self._layers.values():
+            st = layer.state
+            if st.a_factor is None or st.g_factor is None:
+                continue
+            a_mat, g_mat = st.a_factor, st.g_factor
+            if self.config.approximation == Approximation.KFAC:
+                a_mat, g_mat = _math.kfac_pi_damping(a_mat, g_mat, damping)
+            st.a_inv = _math.spd_inverse(a_mat)
+            st.g_inv = _math.spd_inverse(g_mat)
+
+    def _directions(self, lr: float) -> dict[nn.Parameter, Tensor]:
+        """``D`` for every parameter with a gradient (spec Sec. 5 step 3 and KL clipping)."""
+        updates: dict[nn.Parameter, Tensor] = {}
+        vg_sum = torch.zeros((), dtype=torch.float64)
+        for layer in self._layers.values():
+            st, w, b = layer.state, layer.weight, layer.bias
+            if w.grad is None or st.a_inv is None or st.g_inv is None:
+                continue  # handled below as a plain parameter
+            dtype = st.a_inv.dtype
+            grad_w = w.grad.to(dtype)
+            grad_b = None if b is None or b.grad is None else b.grad.to(dtype)
+            g_mat = _math.grad_matrix(grad_w, grad_b)
+            d_mat = _math.precondition(g_mat, st.g_inv, st.a_inv)
+            vg_sum = vg_sum + (d_mat * g_mat).sum().double()
+            d_w, d_b = _math.split_grad_matrix(d_mat, w.shape, grad_b is not None)
+            updates[w] = d_w.to(w.dtype)
+            if b is not None and d_b is not None:
+                updates[b] = d_b.to(b.dtype)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p not in updates:
+                    updates[p] = p.grad  # plain momentum: D = grad
+        if self.config.kl_clip is not None:
+            scale = _math.kl_clip_scale(vg_sum, lr, self.config.kl_clip)
+            updates = {p: d * scale.to(d.dtype) for p, d in updates.items()}
+        return updates
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim`` state (momentum buffers) plus ``"tkfac"``: step, beta, layer states."""
+        sd = super().state_dict()
+        layers = {name: {f.name: _clone(getattr(layer.state, f.name))
+                         for f in fields(LayerState)}
+                  for name, layer in self._layers.items()}
+        sd["tkfac"] = {"step": self._t, "beta": self.beta.clone(), "layers": layers}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next :meth:`step` continues bit-identically."""
+        state_dict = dict(state_dict)
+        if "tkfac" not in state_dict:
+            raise ValueError("state_dict has no 'tkfac' entry: it was not saved by TKFAC")
+        tk = state_dict.pop("tkfac")
+        if set(tk["layers"]) != set(self._layers):
+            raise ValueError(f"state_dict layers {sorted(tk['layers'])} do not match this "
+                             f"optimizer's layers {sorted(self._layers)}")
+        super().load_state_dict(state_dict)
+        self._t = int(tk["step"])
+        self.beta = tk["beta"].clone()
+        for name, saved in tk["layers"].items():
+            self._layers[name].state = LayerState(**{k: _clone(v) for k, v in saved.items()})
+        self._arm_captures()
+
+
+def _clone(x: Tensor | None) -> Tensor | None:
+    return None if x is None else x.detach().clone()
+
+
+def _check_skip_layers(skip_layers: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(skip_layers, str):
+        raise ValueError(f"skip_layers must be an iterable of name patterns, not a string; "
+                         f"did you mean ({skip_layers!r},)?")
+    try:
+        patterns = tuple(skip_layers)
+    except TypeError:
+        raise ValueError(f"skip_layers must be an iterable of strings, "
+                         f"got {skip_layers!r}") from None
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"skip_layers must contain strings, got {pattern!r}")
+    return patterns
+
+
+def _find_layers(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, _Layer]:
+    """Attach a :class:`LayerCapture` to every Linear/Conv2d that TKFAC preconditions.
+
+    Left to plain momentum: layers matched by ``patterns``; unsupported layers (warned, unless
+    matched); layers with a frozen weight or bias (warned if the other parameter trains).
+    """
+    layers: dict[str, _Layer] = {}
+    used = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        trainable = [p.requires_grad for p in module.parameters(recurse=False)]
+        matched = [pat for pat in patterns if fnmatch.fnmatchcase(name, pat)]
+        used.update(matched)
+        if matched or not any(trainable):
+            continue
+        reason = unsupported_reason(module)
+        if reason is None and not all(trainable):
+            reason = "some of its parameters are frozen (requires_grad=False)"
+        if reason is not None:
+            warnings.warn(f"TKFAC: layer {name!r} ({type(module).__name__}) is not "
+                          f"preconditioned, it gets plain momentum: {reason}", stacklevel=3)
+            continue
+        layers[name] = _Layer(name=name, module=module, capture=LayerCapture(module),
+                              is_conv=isinstance(module, nn.Conv2d), state=LayerState())
+    for pattern in set(patterns) - used:
+        warnings.warn(f"TKFAC: skip_layers pattern {pattern!r} matches no Linear or Conv2d "
+                      f"layer", stacklevel=3)
+    return layers
