@@ -236,3 +236,21 @@ def test_parameter_names_are_kept_and_state_is_named():
     for layer in ("fc1", "fc2"):
         for fld in ("delta", "a_factor", "g_factor", "a_inv", "g_inv"):
             assert f"{layer}.tkfac.{fld}" in names
+
+
+def test_learning_rate_schedule_cell_equals_per_step_list():
+    schedule = nn.ExponentialDecayLR(0.25, 0.5, decay_steps=2, is_stair=True)
+    per_step = [0.25 * 0.5 ** (t // 2) for t in range(5)]
+    finals = []
+    for lr in (schedule, per_step):
+        _, net = make_pair(seed=3)
+        opt = tkfac_ms.TKFAC(net, lr, fisher="empirical", factor_update_steps=2,
+                             inv_update_steps=2, factor_dtype=ms.float64)
+        cell = tkfac_ms.TKFACTrainOneStepCell(CrossEntropy(net), opt)
+        for step in range(5):
+            x, y, _ = data(step)
+            cell(Tensor(x), Tensor(y.astype(np.int32)))
+        finals.append(net.fc1.weight.asnumpy().copy())
+    np.testing.assert_array_equal(finals[0], finals[1])
+    _, net = make_pair(seed=3)
+    assert not np.array_equal(finals[0], net.fc1.weight.asnumpy())
