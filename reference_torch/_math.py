@@ -85,8 +85,9 @@ def tkfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return sr_sum, phi_sum, psi_sum
 
 
-def tkfac_from_sums(sr_sum: Tensor, phi_sum: Tensor, psi_sum: Tensor,
-                    n: int | float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def tkfac_from_sums(
+    sr_sum: Tensor, phi_sum: Tensor, psi_sum: Tensor, n: int | float | Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """``delta = sr_sum / N``, ``Phi = phi_sum / (N delta)``, ``Psi = psi_sum / (N delta)``.
 
     Spec Sec. 2 (paper Eq. 8 for Linear, Eq. 12 for Conv2d), with the guard: if
@@ -141,8 +142,7 @@ def kfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     return a2.T @ a2, (u2.T @ u2) / u.shape[1]
 
 
-def kfac_from_sums(a_sum: Tensor, g_sum: Tensor,
-                   n: int | float | Tensor) -> tuple[Tensor, Tensor]:
+def kfac_from_sums(a_sum: Tensor, g_sum: Tensor, n: int | float | Tensor) -> tuple[Tensor, Tensor]:
     """``A = a_sum / N``, ``G = g_sum / N`` (spec Sec. 6)."""
     return a_sum / n, g_sum / n
 
@@ -165,8 +165,9 @@ def kfac_stats(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 # --------------------------------------------------------------------------- damping
 
 
-def tkfac_nor_damping(delta: Tensor, phi: Tensor, psi: Tensor,
-                      damping: float) -> tuple[Tensor, Tensor]:
+def tkfac_nor_damping(
+    delta: Tensor, phi: Tensor, psi: Tensor, damping: float
+) -> tuple[Tensor, Tensor]:
     """TKFAC_nor damping (spec Sec. 3; paper Eq. 14).
 
     ``Phi_hat = sqrt(delta) Phi + sqrt(lambda) I``, ``Psi_hat = sqrt(delta) Psi + sqrt(lambda) I``,
@@ -183,8 +184,10 @@ def tkfac_nor_damping(delta: Tensor, phi: Tensor, psi: Tensor,
     """
     sqrt_delta = delta.sqrt()
     sqrt_lambda = damping**0.5
-    return (sqrt_delta * phi + sqrt_lambda * _eye_like(phi),
-            sqrt_delta * psi + sqrt_lambda * _eye_like(psi))
+    return (
+        sqrt_delta * phi + sqrt_lambda * _eye_like(phi),
+        sqrt_delta * psi + sqrt_lambda * _eye_like(psi),
+    )
 
 
 def tkfac_new_beta(conv_deltas: Sequence[Tensor], nu: float) -> Tensor:
@@ -217,8 +220,9 @@ def tkfac_new_delta(delta: Tensor, nu: float, beta: Tensor | None = None) -> Ten
     return torch.clamp(scaled, min=nu)
 
 
-def tkfac_new_damping(delta: Tensor, phi: Tensor, psi: Tensor, nu: float,
-                      beta: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def tkfac_new_damping(
+    delta: Tensor, phi: Tensor, psi: Tensor, nu: float, beta: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """TKFAC_new damped factors (spec Sec. 3; paper Eq. 15).
 
     With ``delta~ = tkfac_new_delta(delta, nu, beta)``::
@@ -239,12 +243,13 @@ def tkfac_new_damping(delta: Tensor, phi: Tensor, psi: Tensor, nu: float,
     delta_tilde = tkfac_new_delta(delta, nu, beta)
     sqrt_dt = delta_tilde.sqrt()
     d_in, d_out = phi.shape[0], psi.shape[0]
-    return (sqrt_dt * phi + (delta_tilde / d_in) * _eye_like(phi),
-            sqrt_dt * psi + (delta_tilde / d_out) * _eye_like(psi))
+    return (
+        sqrt_dt * phi + (delta_tilde / d_in) * _eye_like(phi),
+        sqrt_dt * psi + (delta_tilde / d_out) * _eye_like(psi),
+    )
 
 
-def kfac_pi_damping(a_factor: Tensor, g_factor: Tensor,
-                    damping: float) -> tuple[Tensor, Tensor]:
+def kfac_pi_damping(a_factor: Tensor, g_factor: Tensor, damping: float) -> tuple[Tensor, Tensor]:
     """KFAC factored Tikhonov damping (spec Sec. 6; Martens & Grosse 2015, Sec. 6.3).
 
     ``pi = sqrt((tr A / d_in) / (tr G / d_out))``,
@@ -266,8 +271,10 @@ def kfac_pi_damping(a_factor: Tensor, g_factor: Tensor,
     else:
         pi = torch.ones((), dtype=a_factor.dtype, device=a_factor.device)
     sqrt_lambda = damping**0.5
-    return (a_factor + (pi * sqrt_lambda) * _eye_like(a_factor),
-            g_factor + (sqrt_lambda / pi) * _eye_like(g_factor))
+    return (
+        a_factor + (pi * sqrt_lambda) * _eye_like(a_factor),
+        g_factor + (sqrt_lambda / pi) * _eye_like(g_factor),
+    )
 
 
 # --------------------------------------------------------------------------- state, inverse, step
@@ -352,8 +359,9 @@ def grad_matrix(weight_grad: Tensor, bias_grad: Tensor | None) -> Tensor:
     return torch.cat([mat, bias_grad.reshape(-1, 1)], dim=1)
 
 
-def split_grad_matrix(mat: Tensor, weight_shape: Sequence[int],
-                      has_bias: bool) -> tuple[Tensor, Tensor | None]:
+def split_grad_matrix(
+    mat: Tensor, weight_shape: Sequence[int], has_bias: bool
+) -> tuple[Tensor, Tensor | None]:
     """Inverse of :func:`grad_matrix`: ``[d_out, d_in] -> (weight-shaped, [d_out] or None)``."""
     if has_bias:
         return mat[:, :-1].reshape(weight_shape), mat[:, -1]

@@ -52,12 +52,12 @@ def unsupported_reason(module: nn.Module) -> str | None:
         if module.groups != 1:
             return f"grouped convolution (groups={module.groups}) is not supported, only groups=1"
         if module.padding_mode != "zeros":
-            return (f"padding_mode={module.padding_mode!r} is not supported, only 'zeros'")
+            return f"padding_mode={module.padding_mode!r} is not supported, only 'zeros'"
     return None
 
 
 def _conv_pads(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """``(left, right, top, bottom)`` zero padding, as ``F.pad`` takes it, exactly as the layer pads.
+    """``(left, right, top, bottom)`` zero padding (``F.pad`` order), exactly as the layer pads.
 
     Integer padding ``(p_h, p_w)`` pads both sides; ``"same"`` puts the odd pixel on the
     right/bottom (``total = dilation * (k - 1)``, ``left = total // 2``) like PyTorch does.
@@ -84,8 +84,9 @@ def layer_inputs(module: nn.Module, x: Tensor) -> Tensor:
     """
     if isinstance(module, nn.Conv2d):
         x = F.pad(x, _conv_pads(module))
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=0,
-                        stride=module.stride)  # [N, C_in*k_h*k_w, T]
+        cols = F.unfold(
+            x, module.kernel_size, dilation=module.dilation, padding=0, stride=module.stride
+        )  # [N, C_in*k_h*k_w, T]
         a = cols.transpose(1, 2)
     else:
         a = x.reshape(x.shape[0], -1, x.shape[-1])

@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TypeVar
 
 __all__ = ["Approximation", "FisherType", "LossReduction", "Schedule", "TKFACConfig"]
@@ -21,7 +21,7 @@ __all__ = ["Approximation", "FisherType", "LossReduction", "Schedule", "TKFACCon
 Schedule = float | Callable[[int], float]
 
 
-class Approximation(str, Enum):
+class Approximation(StrEnum):
     """Which curvature-block approximation is used (spec Sec. 2, 3 and 6)."""
 
     KFAC = "kfac"
@@ -29,14 +29,14 @@ class Approximation(str, Enum):
     TKFAC_NEW = "tkfac_new"
 
 
-class FisherType(str, Enum):
+class FisherType(StrEnum):
     """Which per-sample loss defines ``u`` (spec Sec. 1)."""
 
     TRUE = "true"
     EMPIRICAL = "empirical"
 
 
-class LossReduction(str, Enum):
+class LossReduction(StrEnum):
     """How the training loss reduces over the batch; sets the per-sample scale of ``u``.
 
     ``MEAN``: the loss is ``(1/N) sum_n l_n``, so output gradients are multiplied by ``N``;
@@ -61,8 +61,15 @@ def _as_enum(cls: type[_E], value: object, name: str) -> _E:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
 
 
-def _check_number(value: object, name: str, *, low: float, high: float = math.inf,
-                  low_open: bool, high_open: bool = True) -> float:
+def _check_number(
+    value: object,
+    name: str,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool,
+    high_open: bool = True,
+) -> float:
     """Return ``float(value)`` if it is a finite number in the given interval, else raise."""
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
     rng = f"in {lo}{low}, {high}{hi}"
@@ -70,7 +77,7 @@ def _check_number(value: object, name: str, *, low: float, high: float = math.in
         rng = f"> {low}" if low_open else f">= {low}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number {rng}, got {value!r}")
-    v = float(value)  # type: ignore[arg-type]
+    v = float(value)
     ok = math.isfinite(v)
     ok = ok and (v > low if low_open else v >= low)
     ok = ok and (v < high if high_open else v <= high)
@@ -128,23 +135,34 @@ class TKFACConfig:
         """Check every field and normalise it; raise ``ValueError`` naming the field."""
         put = object.__setattr__  # the dataclass is frozen
         put(self, "lr", _check_schedule(self.lr, "lr"))
-        put(self, "momentum", _check_number(self.momentum, "momentum", low=0.0, high=1.0,
-                                            low_open=False))
-        put(self, "weight_decay", _check_number(self.weight_decay, "weight_decay", low=0.0,
-                                                low_open=False))
+        put(
+            self,
+            "momentum",
+            _check_number(self.momentum, "momentum", low=0.0, high=1.0, low_open=False),
+        )
+        put(
+            self,
+            "weight_decay",
+            _check_number(self.weight_decay, "weight_decay", low=0.0, low_open=False),
+        )
         put(self, "damping", _check_schedule(self.damping, "damping"))
         put(self, "nu", _check_number(self.nu, "nu", low=0.0, low_open=True))
         put(self, "approximation", _as_enum(Approximation, self.approximation, "approximation"))
-        put(self, "factor_decay", _check_number(self.factor_decay, "factor_decay", low=0.0,
-                                                high=1.0, low_open=False))
-        put(self, "factor_update_steps", _check_steps(self.factor_update_steps,
-                                                      "factor_update_steps"))
+        put(
+            self,
+            "factor_decay",
+            _check_number(self.factor_decay, "factor_decay", low=0.0, high=1.0, low_open=False),
+        )
+        put(
+            self,
+            "factor_update_steps",
+            _check_steps(self.factor_update_steps, "factor_update_steps"),
+        )
         put(self, "inv_update_steps", _check_steps(self.inv_update_steps, "inv_update_steps"))
         put(self, "fisher", _as_enum(FisherType, self.fisher, "fisher"))
         if self.kl_clip is not None:
             put(self, "kl_clip", _check_number(self.kl_clip, "kl_clip", low=0.0, low_open=True))
-        put(self, "loss_reduction", _as_enum(LossReduction, self.loss_reduction,
-                                             "loss_reduction"))
+        put(self, "loss_reduction", _as_enum(LossReduction, self.loss_reduction, "loss_reduction"))
 
     def lr_at(self, step: int) -> float:
         """``alpha_t``, the learning rate at optimizer step ``step``."""

@@ -41,16 +41,24 @@ from reference_torch.config import (
 __all__ = ["TKFAC", "LayerState", "default_decay_filter"]
 
 #: Normalization layers, whose parameters get no weight decay by default.
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
-               nn.modules.instancenorm._InstanceNorm)
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 DecayFilter = Callable[[str, nn.Parameter], bool]
 
 
 def default_decay_filter(model: nn.Module) -> DecayFilter:
     """Weight decay for every parameter except biases (1-d) and normalization layers' ones."""
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES)
-                for p in m.parameters(recurse=False)}
+    norm_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, _NORM_TYPES)
+        for p in m.parameters(recurse=False)
+    }
 
     def selects(name: str, param: nn.Parameter) -> bool:
         return id(param) not in norm_ids and param.ndim > 1
@@ -164,28 +172,51 @@ class TKFAC(torch.optim.Optimizer):
         ValueError: naming the argument, if any argument is invalid.
     """
 
-    def __init__(self, model: nn.Module, lr: Schedule, momentum: float = 0.9,
-                 weight_decay: float = 0.0, damping: Schedule = 1e-3, nu: float = 1e-3,
-                 approximation: Approximation | str = "tkfac_nor", factor_decay: float = 0.95,
-                 factor_update_steps: int = 100, inv_update_steps: int = 100,
-                 fisher: FisherType | str = "true", kl_clip: float | None = None,
-                 skip_layers: Iterable[str] = (), loss_reduction: LossReduction | str = "mean",
-                 decay_filter: DecayFilter | None = None,
-                 factor_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: Schedule,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        damping: Schedule = 1e-3,
+        nu: float = 1e-3,
+        approximation: Approximation | str = "tkfac_nor",
+        factor_decay: float = 0.95,
+        factor_update_steps: int = 100,
+        inv_update_steps: int = 100,
+        fisher: FisherType | str = "true",
+        kl_clip: float | None = None,
+        skip_layers: Iterable[str] = (),
+        loss_reduction: LossReduction | str = "mean",
+        decay_filter: DecayFilter | None = None,
+        factor_dtype: torch.dtype | None = None,
+    ):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.config = TKFACConfig(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping, nu=nu,
-            approximation=approximation, factor_decay=factor_decay,
-            factor_update_steps=factor_update_steps, inv_update_steps=inv_update_steps,
-            fisher=fisher, kl_clip=kl_clip, loss_reduction=loss_reduction)
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            damping=damping,
+            nu=nu,
+            approximation=approximation,
+            factor_decay=factor_decay,
+            factor_update_steps=factor_update_steps,
+            inv_update_steps=inv_update_steps,
+            fisher=fisher,
+            kl_clip=kl_clip,
+            loss_reduction=loss_reduction,
+        )
         patterns = _check_skip_layers(skip_layers)
         if decay_filter is not None and not callable(decay_filter):
-            raise ValueError(f"decay_filter must be a callable (name, param) -> bool or None, "
-                             f"got {decay_filter!r}")
+            raise ValueError(
+                f"decay_filter must be a callable (name, param) -> bool or None, "
+                f"got {decay_filter!r}"
+            )
         if factor_dtype not in (None, torch.float32, torch.float64):
-            raise ValueError(f"factor_dtype must be None, torch.float32 or torch.float64, "
-                             f"got {factor_dtype!r}")
+            raise ValueError(
+                f"factor_dtype must be None, torch.float32 or torch.float64, got {factor_dtype!r}"
+            )
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("model has no parameter that requires grad")
@@ -213,8 +244,9 @@ class TKFAC(torch.optim.Optimizer):
     def layer_state(self, name: str) -> LayerState:
         """The live :class:`LayerState` of a preconditioned layer (do not modify it)."""
         if name not in self._layers:
-            raise KeyError(f"{name!r} is not a preconditioned layer; those are "
-                           f"{list(self._layers)}")
+            raise KeyError(
+                f"{name!r} is not a preconditioned layer; those are {list(self._layers)}"
+            )
         return self._layers[name].state
 
     def is_factor_step(self, t: int | None = None) -> bool:
@@ -226,8 +258,12 @@ class TKFAC(torch.optim.Optimizer):
         return (self._t if t is None else t) % self.config.inv_update_steps == 0
 
     # ------------------------------------------------------------------ true Fisher
-    def sample_fisher_backward(self, logits: Tensor, sampled_labels: Tensor | None = None,
-                               generator: torch.Generator | None = None) -> Tensor | None:
+    def sample_fisher_backward(
+        self,
+        logits: Tensor,
+        sampled_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | None:
         """Record ``u`` for the true Fisher (spec Sec. 1) from a softmax classifier's logits.
 
         Call it after the forward pass and before ``loss.backward()``. On a factor-update step
@@ -252,22 +288,30 @@ class TKFAC(torch.optim.Optimizer):
         if sampled_labels is None:
             probs = torch.softmax(logits.detach().double(), dim=1)
             sampled_labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        elif (sampled_labels.shape != logits.shape[:1] or sampled_labels.is_floating_point()
-              or sampled_labels.is_complex()):
-            raise ValueError(f"sampled_labels must be an integer tensor of shape "
-                             f"[{logits.shape[0]}], got {sampled_labels.dtype} "
-                             f"{tuple(sampled_labels.shape)}")
+        elif (
+            sampled_labels.shape != logits.shape[:1]
+            or sampled_labels.is_floating_point()
+            or sampled_labels.is_complex()
+        ):
+            raise ValueError(
+                f"sampled_labels must be an integer tensor of shape "
+                f"[{logits.shape[0]}], got {sampled_labels.dtype} "
+                f"{tuple(sampled_labels.shape)}"
+            )
         seen = [layer for layer in self._layers.values() if layer.capture.a is not None]
         if not seen:
-            raise RuntimeError("sample_fisher_backward() found no recorded forward pass: call it "
-                               "after model(x) and before loss.backward()")
+            raise RuntimeError(
+                "sample_fisher_backward() found no recorded forward pass: call it "
+                "after model(x) and before loss.backward()"
+            )
         nll = F.cross_entropy(logits, sampled_labels.to(logits.device), reduction="sum")
         for layer in seen:
             layer.capture.reduction = LossReduction.SUM  # -log p summed: u already per-sample
             layer.capture.record_backward = True
         try:
-            torch.autograd.grad(nll, [layer.weight for layer in seen], retain_graph=True,
-                                allow_unused=True)
+            torch.autograd.grad(
+                nll, [layer.weight for layer in seen], retain_graph=True, allow_unused=True
+            )
         finally:
             for layer in seen:
                 layer.capture.record_backward = False
@@ -322,7 +366,37 @@ class TKFAC(torch.optim.Optimizer):
     def _update_factors(self, damping: float) -> None:
         """Spec Sec. 2-4 on this batch: statistics, damping, moving average of every layer."""
         cfg = self.config
-        updated: list[_Layer] = []
+        batch = self._captured_vectors()
+        current: list[tuple[_Layer, Tensor, Tensor]] = []  # (layer, a_batch, g_batch)
+        if cfg.approximation == Approximation.KFAC:
+            for layer, a, u in batch:
+                current.append((layer, *_math.kfac_stats(a, u)))  # spec Sec. 6
+        else:
+            stats: list[tuple[_Layer, Tensor, Tensor, Tensor]] = []
+            for layer, a, u in batch:
+                delta, phi, psi = _math.tkfac_stats(a, u)  # spec Sec. 2, Eq. 8 / 12
+                layer.state.delta, layer.state.phi, layer.state.psi = delta, phi, psi
+                stats.append((layer, delta, phi, psi))
+            if cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 16, over the whole network
+                conv_deltas = [delta for layer, delta, _, _ in stats if layer.is_conv]
+                self.beta = _math.tkfac_new_beta(conv_deltas, cfg.nu)
+            for layer, delta, phi, psi in stats:
+                if cfg.approximation == Approximation.TKFAC_NOR:  # Eq. 14
+                    damped = _math.tkfac_nor_damping(delta, phi, psi, damping)
+                else:  # TKFAC_new, Eq. 15: beta only for Linear layers
+                    beta = None if layer.is_conv else self.beta.to(delta.dtype)
+                    damped = _math.tkfac_new_damping(delta, phi, psi, cfg.nu, beta)
+                current.append((layer, *damped))
+        for layer, a_batch, g_batch in current:  # spec Sec. 4, Eq. 17-18
+            st = layer.state
+            first = st.a_factor is None
+            st.a_batch, st.g_batch = a_batch, g_batch
+            st.a_factor = _math.moving_average(st.a_factor, a_batch, cfg.factor_decay, first)
+            st.g_factor = _math.moving_average(st.g_factor, g_batch, cfg.factor_decay, first)
+
+    def _captured_vectors(self) -> list[tuple[_Layer, Tensor, Tensor]]:
+        """``(layer, a, u)`` in the factor dtype for every layer used in this step's forward."""
+        batch = []
         for layer in self._layers.values():
             a, u = layer.capture.a, layer.capture.u
             if a is None:
@@ -330,37 +404,20 @@ class TKFAC(torch.optim.Optimizer):
             if u is None:
                 raise RuntimeError(self._missing_u_message(layer.name))
             dtype = self._dtype_for(layer)
-            a, u = a.to(dtype), u.to(dtype)
-            st = layer.state
-            if cfg.approximation == Approximation.KFAC:
-                st.a_batch, st.g_batch = _math.kfac_stats(a, u)  # spec Sec. 6
-            else:
-                st.delta, st.phi, st.psi = _math.tkfac_stats(a, u)  # spec Sec. 2
-            updated.append(layer)
-
-        if cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 16, over the whole network
-            conv_deltas = [ly.state.delta for ly in updated if ly.is_conv]
-            self.beta = _math.tkfac_new_beta(conv_deltas, cfg.nu)  # type: ignore[arg-type]
-        for layer in updated:
-            st = layer.state
-            if cfg.approximation == Approximation.TKFAC_NOR:  # Eq. 14
-                st.a_batch, st.g_batch = _math.tkfac_nor_damping(
-                    st.delta, st.phi, st.psi, damping)  # type: ignore[arg-type]
-            elif cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 15
-                beta = None if layer.is_conv else self.beta.to(st.phi.dtype)  # type: ignore[union-attr]
-                st.a_batch, st.g_batch = _math.tkfac_new_damping(
-                    st.delta, st.phi, st.psi, cfg.nu, beta)  # type: ignore[arg-type]
-            first = st.a_factor is None
-            st.a_factor = _math.moving_average(st.a_factor, st.a_batch, cfg.factor_decay, first)  # type: ignore[arg-type]
-            st.g_factor = _math.moving_average(st.g_factor, st.g_batch, cfg.factor_decay, first)  # type: ignore[arg-type]
+            batch.append((layer, a.to(dtype), u.to(dtype)))
+        return batch
 
     def _missing_u_message(self, name: str) -> str:
         if self.config.fisher == FisherType.TRUE:
-            return (f"layer {name!r}: no output gradient was recorded on factor-update step "
-                    f"{self._t}. With fisher='true', call opt.sample_fisher_backward(logits) "
-                    f"after the forward pass and before loss.backward()")
-        return (f"layer {name!r}: no output gradient was recorded on factor-update step "
-                f"{self._t}; call loss.backward() before opt.step()")
+            return (
+                f"layer {name!r}: no output gradient was recorded on factor-update step "
+                f"{self._t}. With fisher='true', call opt.sample_fisher_backward(logits) "
+                f"after the forward pass and before loss.backward()"
+            )
+        return (
+            f"layer {name!r}: no output gradient was recorded on factor-update step "
+            f"{self._t}; call loss.backward() before opt.step()"
+        )
 
     def _update_inverses(self, damping: float) -> None:
         """Spec Sec. 4 (and Sec. 6 damping for KFAC): invert both factors of every layer."""
@@ -405,9 +462,10 @@ class TKFAC(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim`` state (momentum buffers) plus ``"tkfac"``: step, beta, layer states."""
         sd = super().state_dict()
-        layers = {name: {f.name: _clone(getattr(layer.state, f.name))
-                         for f in fields(LayerState)}
-                  for name, layer in self._layers.items()}
+        layers = {
+            name: {f.name: _clone(getattr(layer.state, f.name)) for f in fields(LayerState)}
+            for name, layer in self._layers.items()
+        }
         sd["tkfac"] = {"step": self._t, "beta": self.beta.clone(), "layers": layers}
         return sd
 
@@ -418,8 +476,10 @@ class TKFAC(torch.optim.Optimizer):
             raise ValueError("state_dict has no 'tkfac' entry: it was not saved by TKFAC")
         tk = state_dict.pop("tkfac")
         if set(tk["layers"]) != set(self._layers):
-            raise ValueError(f"state_dict layers {sorted(tk['layers'])} do not match this "
-                             f"optimizer's layers {sorted(self._layers)}")
+            raise ValueError(
+                f"state_dict layers {sorted(tk['layers'])} do not match this "
+                f"optimizer's layers {sorted(self._layers)}"
+            )
         super().load_state_dict(state_dict)
         self._t = int(tk["step"])
         self.beta = tk["beta"].clone()
@@ -434,13 +494,16 @@ def _clone(x: Tensor | None) -> Tensor | None:
 
 def _check_skip_layers(skip_layers: Iterable[str]) -> tuple[str, ...]:
     if isinstance(skip_layers, str):
-        raise ValueError(f"skip_layers must be an iterable of name patterns, not a string; "
-                         f"did you mean ({skip_layers!r},)?")
+        raise ValueError(
+            f"skip_layers must be an iterable of name patterns, not a string; "
+            f"did you mean ({skip_layers!r},)?"
+        )
     try:
         patterns = tuple(skip_layers)
     except TypeError:
-        raise ValueError(f"skip_layers must be an iterable of strings, "
-                         f"got {skip_layers!r}") from None
+        raise ValueError(
+            f"skip_layers must be an iterable of strings, got {skip_layers!r}"
+        ) from None
     for pattern in patterns:
         if not isinstance(pattern, str):
             raise ValueError(f"skip_layers must contain strings, got {pattern!r}")
@@ -467,12 +530,22 @@ def _find_layers(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, _Laye
         if reason is None and not all(trainable):
             reason = "some of its parameters are frozen (requires_grad=False)"
         if reason is not None:
-            warnings.warn(f"TKFAC: layer {name!r} ({type(module).__name__}) is not "
-                          f"preconditioned, it gets plain momentum: {reason}", stacklevel=3)
+            warnings.warn(
+                f"TKFAC: layer {name!r} ({type(module).__name__}) is not "
+                f"preconditioned, it gets plain momentum: {reason}",
+                stacklevel=3,
+            )
             continue
-        layers[name] = _Layer(name=name, module=module, capture=LayerCapture(module),
-                              is_conv=isinstance(module, nn.Conv2d), state=LayerState())
+        layers[name] = _Layer(
+            name=name,
+            module=module,
+            capture=LayerCapture(module),
+            is_conv=isinstance(module, nn.Conv2d),
+            state=LayerState(),
+        )
     for pattern in set(patterns) - used:
-        warnings.warn(f"TKFAC: skip_layers pattern {pattern!r} matches no Linear or Conv2d "
-                      f"layer", stacklevel=3)
+        warnings.warn(
+            f"TKFAC: skip_layers pattern {pattern!r} matches no Linear or Conv2d layer",
+            stacklevel=3,
+        )
     return layers
