@@ -8,7 +8,11 @@ Option A (parameter-free shortcut): when a block changes shape, the identity is 
 with stride 2 and its channels are zero-padded, ``planes // 4`` on each side (16 -> 32 -> 64),
 as in the widely used reference implementation of Y. Idelbayev
 (``akamaster/pytorch_resnet_cifar10``).
-It is a strided slice and ``ops.pad``, both of which compile in GRAPH_MODE.
+It is a strided slice and a concatenation with zeros, both of which compile in GRAPH_MODE.
+Not ``ops.pad``: in MindSpore 2.10 GRAPH_MODE on CPU the gradient of ``ops.pad`` is wrong from
+the second call of a compiled graph on (zeros or stale values; the first call and PyNative are
+right), which silently corrupted every training step after the first (found by the parity suite,
+see docs/parity.md).
 
 Parameter names (same in the torch twin): ``conv1``, ``bn1``,
 ``layer{1,2,3}.{j}.{conv1,bn1,conv2,bn2}``, ``fc``.
@@ -31,7 +35,9 @@ class ShortcutA(nn.Cell):
         self.pad = pad
 
     def construct(self, x):
-        return ops.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        x = x[:, :, ::2, ::2]
+        zeros = ops.zeros((x.shape[0], self.pad, x.shape[2], x.shape[3]), x.dtype)
+        return ops.concat((zeros, x, zeros), axis=1)
 
 
 class BasicBlock(nn.Cell):
