@@ -1,0 +1,703 @@
+"""Run ``tkfac_ms`` and ``reference_torch`` side by side and measure how far apart they are.
+
+One :class:`Case` (a network, an approximation, a batch size, a schedule) gives a
+:class:`CaseResult`: one :class:`Row` per layer (or parameter) and quantity, each the maximum
+relative error ``max|x_ms - x_torch| / max|x_torch|`` of a MindSpore quantity against the same
+quantity computed by the PyTorch oracle. Both sides load their weights from one ONNX file
+(:func:`parity.onnx_weights.make_twins`) and see the same batches and the same sampled labels.
+
+What is compared, in this order (the weights change from step 0 on, so the order matters):
+
+``forward.*``
+    eval-mode logits of batch 0: torch vs ONNX Runtime, MindSpore vs torch, MindSpore vs
+    ONNX Runtime.
+``stats.empirical.*``, ``stats.true.*``
+    the statistics of the captured ``a`` and ``u`` on batch 0 (BatchNorm in train mode), with
+    ``fisher="empirical"`` and with ``fisher="true"`` (the labels torch sampled, handed to
+    MindSpore): TKFAC ``delta``, ``phi``, ``psi`` (spec Sec. 2); KFAC ``A``, ``G`` (Sec. 6).
+    MindSpore: ``TKFACTrainOneStepCell.layer_statistics``; torch: ``layer_state`` after step 0.
+``step0.*``
+    the state after step 0 (a factor and inverse step): ``delta``, the damped factors
+    ``a_factor``/``g_factor`` (TKFAC: ``Phi_hat``/``Psi_hat`` or ``Phi~``/``Psi~``, the moving
+    average starting at the current value; KFAC: undamped ``A``/``G``), their inverses
+    ``a_inv``/``g_inv`` (KFAC: of the pi-damped factors), and ``beta`` (TKFAC_new).
+``D.*``
+    the update direction ``D`` of every trainable parameter on step 0 (preconditioned for the
+    wrapped layers, the gradient for BatchNorm). It is read from the momentum buffers: they
+    start at 0, so after step 0 ``v = tau * 0 + D`` holds ``D`` exactly on both sides (the
+    parameter difference ``-(w_1 - w_0) / lr`` would lose digits to float32 cancellation).
+``loss``, ``traj.*``, ``traj.v.*``
+    the training loss, every parameter and BatchNorm running statistic (``traj.*``) and every
+    momentum buffer (``traj.v.*``) after each of ``steps`` steps, BatchNorm in train mode, with
+    ``factor_update_steps = inv_update_steps = 3``: steps 0, 3, 6, 9 update the factors and
+    inverses, the others take the skip path. A row is the maximum over the steps.
+``final.*``
+    ``delta``, factors and inverses after the last step (moving averages over 4 updates).
+
+Precision: Dense-only nets (``mlp``) run in float64 on both sides, factor state included; conv
+nets in float32 (MindSpore's CPU convolution has no float64 kernel).
+
+Two measures keep the float32 comparisons about the port and not about chaos:
+
+* **Batches away from kinks.** ReLU and max pooling are not differentiable at ties. When a ReLU
+  input or the gap between the two largest values of a pooling window lies within float32
+  rounding of 0, the two frameworks can take different branches, and one such flip changes a
+  gradient by ~1e-2 (measured on ResNet-20). So a float32 batch is used only if, evaluated in
+  float64 on torch's current weights, every ReLU input and every pooling gap is at least
+  ``kink_margin`` times the largest value of its tensor; otherwise the next random batch is
+  drawn (at most ``max_draws``; the smallest margin seen is reported).
+* **Re-anchoring** (``resync``, on for float32 nets). After each step is compared, MindSpore's
+  weights, BatchNorm statistics and momentum buffers are overwritten with torch's, so every
+  step starts from the same point and its difference is the port's own one-step error. The
+  TKFAC state (``delta``, factors, inverses, ``beta``) and the step counter are *not* copied:
+  they evolve independently for all 10 steps and are compared after each update and at the
+  end. Free-running float32 trajectories (``resync=False``) drift apart at the rate the
+  natural-gradient step amplifies rounding (ResNet-20, TKFAC_nor: 4e-6 at step 1, 0.4 at step
+  9); the float64 MLP runs free.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before mindspore: AVX-512 convs are slow
+os.environ.setdefault("GLOG_v", "3")
+# Before torch and mindspore load OpenMP: idle worker threads sleep instead of spinning. Both
+# frameworks run in one process here, and spinning threads of one slow the other ~8x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import mindspore as ms  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
+
+import reference_torch  # noqa: E402
+import tkfac_ms  # noqa: E402
+from model_zoo.src.models.name_map import batchnorm_prefixes, torch_to_ms_name  # noqa: E402
+from parity.onnx_weights import Twins, make_twins, onnxruntime_forward  # noqa: E402
+
+__all__ = [
+    "APPROXIMATIONS",
+    "FLOAT64_MODELS",
+    "GROUPS",
+    "MODELS",
+    "Case",
+    "CaseResult",
+    "Row",
+    "group_of",
+    "kink_margin",
+    "rel_err",
+    "run_case",
+]
+
+MODELS = ("mlp", "small_cnn", "resnet20", "vgg16_bn")
+APPROXIMATIONS = ("tkfac_nor", "tkfac_new", "kfac")
+#: Nets without convolutions: compared in float64 (MindSpore's CPU Dense supports it).
+FLOAT64_MODELS = frozenset({"mlp"})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parity configuration; both optimizers get the same hyperparameters.
+
+    The defaults are the published configuration (``docs/parity.md``). ``damping = 0.1`` and
+    ``lr = 2**-8`` keep 10 steps on random data with 4 samples from diverging (with the paper's
+    ``damping = 1e-3`` the loss explodes within 5 steps, and then the comparison measures
+    overflow). The learning rate is a power of two: ``nn.Optimizer`` stores it in float32, and
+    a dyadic value is exact in both frameworks and precisions.
+    """
+
+    model: str
+    approximation: str
+    batch: int = 4
+    steps: int = 10
+    factor_update_steps: int = 3
+    inv_update_steps: int = 3
+    lr: float = 2.0**-8
+    momentum: float = 0.9
+    damping: float = 0.1
+    nu: float = 1e-3
+    factor_decay: float = 0.95
+    seed: int = 0
+    image_size: int = 32
+    num_classes: int = 10
+    #: Re-anchor MindSpore on torch after every step (module docstring); None: float32 nets.
+    resync: bool | None = None
+    #: Minimal relative distance of a float32 batch to a ReLU / max-pool kink; 0 disables.
+    kink_margin: float = 3e-7
+    #: Batches tried per step before the one with the largest margin is taken anyway.
+    max_draws: int = 30
+    #: Also compare the statistics with ``fisher="empirical"`` (one more MindSpore graph).
+    empirical_stats: bool = True
+    #: Multiplies MindSpore's damping only: a deliberately broken run, for the tests that show
+    #: that the comparison can fail. 1.0 in every real run.
+    ms_damping_scale: float = 1.0
+
+    @property
+    def float64(self) -> bool:
+        """Whether both sides compute in float64."""
+        return self.model in FLOAT64_MODELS
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """``[N, 3, H, W]``."""
+        return (self.batch, 3, self.image_size, self.image_size)
+
+    @property
+    def model_kwargs(self) -> dict[str, int]:
+        """Constructor arguments that follow the image size (the same for both twins)."""
+        if self.model == "mlp":
+            return {"in_dim": 3 * self.image_size * self.image_size}
+        if self.model == "small_cnn":
+            return {"image_size": self.image_size}
+        return {}
+
+    @property
+    def label(self) -> str:
+        """``model/approximation``."""
+        return f"{self.model}/{self.approximation}"
+
+    def __post_init__(self) -> None:
+        """Validate; resolve ``resync``."""
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.approximation not in APPROXIMATIONS:
+            raise ValueError(
+                f"approximation must be one of {', '.join(APPROXIMATIONS)}, "
+                f"got {self.approximation!r}"
+            )
+        if self.batch < 2:
+            raise ValueError(f"batch must be >= 2 (BatchNorm in train mode), got {self.batch}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.max_draws < 1:
+            raise ValueError(f"max_draws must be >= 1, got {self.max_draws}")
+        mantissa, _ = math.frexp(self.lr)
+        if self.lr <= 0 or mantissa != 0.5:
+            raise ValueError(f"lr must be a power of two (exact in float32), got {self.lr}")
+        if self.resync is None:
+            object.__setattr__(self, "resync", not self.float64)
+
+
+@dataclass
+class Row:
+    """One compared quantity.
+
+    Attributes:
+        model: network name.
+        approximation: ``tkfac_nor``, ``tkfac_new`` or ``kfac``.
+        layer: layer path (or parameter path without its leaf); ``-`` for network-wide rows.
+        quantity: e.g. ``stats.true.phi``, ``step0.a_inv``, ``D.weight``, ``traj.v.gamma``.
+        err: max relative error ``max|ms - torch| / max|torch|`` (maximum over steps for the
+            trajectory rows).
+        scale: ``max|torch|``, the reference magnitude (a zero scale would make the row empty).
+        tol: tolerance, set by :func:`parity.tolerances.attach`; None until then.
+    """
+
+    model: str
+    approximation: str
+    layer: str
+    quantity: str
+    err: float
+    scale: float
+    tol: float | None = None
+
+    @property
+    def group(self) -> str:
+        """The tolerance group of :attr:`quantity` (see :func:`group_of`)."""
+        return group_of(self.quantity)
+
+    @property
+    def passed(self) -> bool | None:
+        """``err <= tol``; None while there is no tolerance."""
+        if self.tol is None:
+            return None
+        return bool(self.err <= self.tol)
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict, with ``group`` and ``passed``."""
+        return {**asdict(self), "group": self.group, "passed": self.passed}
+
+
+@dataclass
+class CaseResult:
+    """The rows of one case and how they were obtained.
+
+    Attributes:
+        case: the configuration.
+        rows: one per (layer, quantity).
+        min_margin: the smallest kink margin of the float32 batches used (None: float64 run).
+        draws: how many batches were drawn in all (``steps`` when every first draw was good).
+        seconds: wall-clock time of the whole case.
+    """
+
+    case: Case
+    rows: list[Row]
+    min_margin: float | None = None
+    draws: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {
+            "case": asdict(self.case),
+            "min_margin": self.min_margin,
+            "draws": self.draws,
+            "seconds": round(self.seconds, 1),
+            "rows": [r.as_dict() for r in self.rows],
+        }
+
+
+#: Tolerance groups, in table order: quantity prefix -> group (first match wins).
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("forward.", "forward"),
+    ("stats.", "stats"),
+    ("step0.beta", "beta"),
+    ("step0.a_inv", "inverses"),
+    ("step0.g_inv", "inverses"),
+    ("step0.", "factors"),
+    ("D.", "update"),
+    ("traj.v.", "momentum"),
+    ("traj.", "trajectory"),
+    ("loss", "trajectory"),
+    ("final.", "final"),
+)
+GROUPS: tuple[str, ...] = tuple(dict.fromkeys(g for _, g in _PREFIXES))
+
+
+def group_of(quantity: str) -> str:
+    """The tolerance group of a quantity name (one of :data:`GROUPS`)."""
+    for prefix, group in _PREFIXES:
+        if quantity.startswith(prefix):
+            return group
+    raise KeyError(f"no tolerance group for quantity {quantity!r}")
+
+
+def rel_err(x, ref) -> tuple[float, float]:
+    """``(max|x - ref| / max|ref|, max|ref|)`` in float64; the shapes must match.
+
+    A non-finite difference gives ``inf``; a zero reference gives 0 if ``x`` is zero too.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if x.shape != ref.shape:
+        raise ValueError(f"shape mismatch: MindSpore {x.shape} vs torch {ref.shape}")
+    if not ref.size:
+        raise ValueError("empty tensors: nothing to compare")
+    scale = float(np.abs(ref).max())
+    diff = float(np.abs(x - ref).max())
+    if not (np.isfinite(diff) and np.isfinite(scale)):
+        return math.inf, scale
+    if scale == 0.0:
+        return (0.0 if diff == 0.0 else math.inf), scale
+    return diff / scale, scale
+
+
+# ----------------------------------------------------------------------------- kinks
+
+
+def kink_margin(model: torch.nn.Module, x: np.ndarray) -> float:
+    """How far a batch is from the non-differentiable points of a ReLU / max-pool net.
+
+    In float64, on a copy of ``model`` in its current train/eval mode: the minimum over every
+    ``nn.ReLU`` call of ``min|v| / max|v|`` (``v`` its input), and over every ``nn.MaxPool2d``
+    call of ``min (top1 - top2) / max|v|`` across its windows whose maximum is positive (a
+    window of ReLU zeros has a zero gradient whichever element wins).
+
+    Returns:
+        The margin in ``[0, 1]``; 1.0 for a net without ReLU or max pooling.
+    """
+    probe = copy.deepcopy(model).double()
+    margins: list[float] = []
+
+    def relu_hook(_module, inputs, _output):
+        v = inputs[0].detach().abs()
+        margins.append(float(v.min() / v.max()) if float(v.max()) > 0 else 1.0)
+
+    def pool_hook(module, inputs, _output):
+        v = inputs[0].detach()
+        k, s = module.kernel_size, module.stride
+        k = (k, k) if isinstance(k, int) else tuple(k)
+        s = (s, s) if isinstance(s, int) else tuple(s)
+        win = v.unfold(2, k[0], s[0]).unfold(3, k[1], s[1]).reshape(*v.shape[:2], -1, k[0] * k[1])
+        top = win.topk(2, dim=-1).values
+        live = top[..., 0] > 0
+        scale = float(v.abs().max())
+        if bool(live.any()) and scale > 0:
+            margins.append(float((top[..., 0] - top[..., 1])[live].min() / scale))
+
+    hooks = []
+    for module in probe.modules():
+        if isinstance(module, torch.nn.ReLU):
+            hooks.append(module.register_forward_hook(relu_hook))
+        elif isinstance(module, torch.nn.MaxPool2d):
+            hooks.append(module.register_forward_hook(pool_hook))
+    with torch.no_grad():
+        probe(torch.from_numpy(x).double())
+    for h in hooks:
+        h.remove()
+    return min(margins, default=1.0)
+
+
+class _Batches:
+    """Random batches for the steps; float32 ones are drawn until they clear the kink margin."""
+
+    def __init__(self, case: Case):
+        self.case = case
+        self.rng = np.random.default_rng(1000 + case.seed)
+        self.dtype = np.float64 if case.float64 else np.float32
+        self.draws = 0
+        self.min_margin: float | None = None
+
+    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
+        self.draws += 1
+        x = self.rng.standard_normal(self.case.input_shape).astype(self.dtype)
+        y = self.rng.integers(0, self.case.num_classes, self.case.batch).astype(np.int32)
+        return x, y
+
+    def next(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """The batch for the next step, given torch's current weights."""
+        if self.case.float64 or self.case.kink_margin <= 0:
+            return self._draw()
+        best, best_margin = None, -1.0
+        for _ in range(self.case.max_draws):
+            batch = self._draw()
+            margin = kink_margin(model, batch[0])
+            if margin > best_margin:
+                best, best_margin = batch, margin
+            if margin >= self.case.kink_margin:
+                break
+        self.min_margin = (
+            best_margin if self.min_margin is None else min(self.min_margin, best_margin)
+        )
+        assert best is not None
+        return best
+
+
+# ----------------------------------------------------------------------------- MindSpore side
+
+
+class _CrossEntropy(nn.Cell):
+    """Mean softmax cross-entropy of integer labels, in the logits' own precision.
+
+    Written out, as ``tkfac_ms.train_cell._log_softmax`` is, because MindSpore's CPU
+    ``log_softmax`` computes float64 inputs in float32 precision.
+    """
+
+    def construct(self, logits, label):
+        z = logits - ops.stop_gradient(logits.max(axis=-1, keepdims=True))
+        logp = z - ops.log(ops.exp(z).sum(axis=-1, keepdims=True))
+        onehot = ops.one_hot(
+            label, logits.shape[-1], Tensor(1.0, ms.float32), Tensor(0.0, ms.float32)
+        )
+        return -(ops.cast(onehot, logp.dtype) * logp).sum(axis=-1).mean()
+
+
+def _ms_optimizer(net, case: Case, fisher: str) -> tkfac_ms.TKFAC:
+    return tkfac_ms.TKFAC(
+        net,
+        case.lr,
+        momentum=case.momentum,
+        weight_decay=0.0,
+        damping=case.damping * case.ms_damping_scale,
+        nu=case.nu,
+        approximation=case.approximation,
+        factor_decay=case.factor_decay,
+        factor_update_steps=case.factor_update_steps,
+        inv_update_steps=case.inv_update_steps,
+        fisher=fisher,
+        loss_reduction="mean",
+        factor_dtype=ms.float64 if case.float64 else ms.float32,
+    )
+
+
+def _ms_cell(net, opt, float64: bool) -> tkfac_ms.TKFACTrainOneStepCell:
+    loss_fn = (
+        _CrossEntropy()
+        if float64
+        else nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    )
+    cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, loss_fn), opt)
+    cell.set_train(True)  # BatchNorm on batch statistics, as torch's model.train()
+    return cell
+
+
+def _ms_params(net) -> dict[str, np.ndarray]:
+    """Every parameter and buffer of the net except the TKFAC state, name -> array copy."""
+    return {p.name: p.asnumpy().copy() for p in net.get_parameters() if ".tkfac." not in p.name}
+
+
+def _ms_moments(opt) -> dict[str, np.ndarray]:
+    """MindSpore momentum buffers ``v`` by parameter name."""
+    return {p.name: m.asnumpy().copy() for p, m in zip(opt.parameters, opt.moments, strict=True)}
+
+
+def _resync(net, opt, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray]) -> None:
+    """Overwrite MindSpore's weights, BatchNorm statistics and momentum buffers with torch's.
+
+    The TKFAC state (factors, inverses, ``delta``, ``beta``) and the step counter stay as they
+    are. ``ops.assign``, not ``Parameter.set_data``: once a ``TKFACTrainOneStepCell`` has run,
+    its later steps ignore a ``set_data`` (docs/parity.md, "Findings").
+    """
+    params = {p.name: p for p in net.get_parameters()}
+    for name, value in weights.items():
+        ops.assign(params[name], Tensor(value))
+    for p, m in zip(opt.parameters, opt.moments, strict=True):
+        ops.assign(m, Tensor(moments[p.name]))
+
+
+# ----------------------------------------------------------------------------- torch side
+
+
+def _torch_optimizer(model, case: Case, fisher: str) -> reference_torch.TKFAC:
+    return reference_torch.TKFAC(
+        model,
+        lr=case.lr,
+        momentum=case.momentum,
+        weight_decay=0.0,
+        damping=case.damping,
+        nu=case.nu,
+        approximation=case.approximation,
+        factor_decay=case.factor_decay,
+        factor_update_steps=case.factor_update_steps,
+        inv_update_steps=case.inv_update_steps,
+        fisher=fisher,
+        loss_reduction="mean",
+        factor_dtype=torch.float64 if case.float64 else torch.float32,
+    )
+
+
+def _torch_step(model, opt, x, y, generator) -> tuple[float, torch.Tensor | None]:
+    """One reference step; returns the loss and the labels it sampled (None if it did not)."""
+    opt.zero_grad()
+    logits = model(torch.from_numpy(x))
+    loss = F.cross_entropy(logits, torch.from_numpy(y).long())
+    sampled = opt.sample_fisher_backward(logits, generator=generator)
+    loss.backward()
+    opt.step()
+    return float(loss.item()), sampled
+
+
+def _torch_params(model, bn_prefixes) -> dict[str, np.ndarray]:
+    """Torch ``state_dict`` under MindSpore names (``num_batches_tracked`` dropped)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        name = torch_to_ms_name(key, bn_prefixes)
+        if name is not None:
+            out[name] = value.detach().numpy().copy()
+    return out
+
+
+def _torch_moments(model, opt, bn_prefixes) -> dict[str, np.ndarray]:
+    """Torch momentum buffers ``v`` under MindSpore parameter names."""
+    out = {}
+    for key, p in model.named_parameters():
+        name = torch_to_ms_name(key, bn_prefixes)
+        buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+        if name is None or buf is None:
+            raise RuntimeError(f"torch parameter '{key}' has no momentum buffer after a step")
+        out[name] = buf.detach().numpy().copy()
+    return out
+
+
+def _stat_fields(approximation: str) -> tuple[tuple[str, str, str], ...]:
+    """(``layer_statistics`` key, ``LayerState`` field, row label) of the batch statistics."""
+    if approximation == "kfac":
+        return (("a", "a_batch", "A"), ("g", "g_batch", "G"))
+    return (("delta", "delta", "delta"), ("phi", "phi", "phi"), ("psi", "psi", "psi"))
+
+
+def _torch_stats(opt, names, approximation: str) -> dict[str, dict[str, np.ndarray]]:
+    """The batch statistics of the last factor update, keyed like ``layer_statistics``."""
+    return {
+        name: {
+            key: getattr(opt.layer_state(name), fld).detach().numpy().copy()
+            for key, fld, _ in _stat_fields(approximation)
+        }
+        for name in names
+    }
+
+
+_STATE_FIELDS = ("a_factor", "g_factor", "a_inv", "g_inv")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _Recorder:
+    """Collects rows, keeping the worst error per (layer, quantity)."""
+
+    def __init__(self, case: Case):
+        self.case = case
+        self.rows: dict[tuple[str, str], Row] = {}
+
+    def add(self, layer: str, quantity: str, x, ref) -> None:
+        err, scale = rel_err(x, ref)
+        old = self.rows.get((layer, quantity))
+        if old is None:
+            self.rows[(layer, quantity)] = Row(
+                self.case.model, self.case.approximation, layer, quantity, err, scale
+            )
+        else:
+            old.err = max(old.err, err)
+            old.scale = max(old.scale, scale)
+
+    def add_params(
+        self, prefix: str, ms_values: dict[str, np.ndarray], t_values: dict[str, np.ndarray]
+    ) -> None:
+        """One row per parameter: layer = its path, quantity = ``prefix + leaf``."""
+        for name, value in t_values.items():
+            layer, _, leaf = name.rpartition(".")
+            self.add(layer or "-", prefix + leaf, ms_values[name], value)
+
+    def add_state(self, prefix: str, case: Case, ms_opt, t_opt) -> None:
+        """``delta`` (TKFAC), factors and inverses of every layer."""
+        for i, name in enumerate(ms_opt.layer_names):
+            st, layer = t_opt.layer_state(name), ms_opt.layers[i]
+            if case.approximation != "kfac":
+                self.add(name, f"{prefix}delta", layer.delta.asnumpy(), st.delta.numpy())
+            for fld in _STATE_FIELDS:
+                self.add(
+                    name, f"{prefix}{fld}", getattr(layer, fld).asnumpy(), getattr(st, fld).numpy()
+                )
+
+
+def run_case(
+    case: Case,
+    workdir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CaseResult:
+    """Run one :class:`Case` in both frameworks (tolerances are not attached here).
+
+    Args:
+        case: what to run.
+        workdir: where the ONNX file goes (a temporary folder if None).
+        log: progress messages (e.g. ``print``); silent if None.
+
+    Raises:
+        RuntimeError: the two frameworks disagree on which layers are preconditioned.
+    """
+    start = time.perf_counter()
+    say = (lambda msg: log(f"[{case.label}] {msg}")) if log else (lambda _msg: None)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    rec = _Recorder(case)
+    batches = _Batches(case)
+    with tempfile.TemporaryDirectory() as tmp:
+        twins = make_twins(
+            case.model,
+            workdir or tmp,
+            case.input_shape,
+            seed=case.seed,
+            float64=case.float64,
+            num_classes=case.num_classes,
+            model_kwargs=case.model_kwargs,
+        )
+        twins.torch_model.train()
+        first = batches.next(twins.torch_model)
+        _compare_forward(twins, first[0], rec)
+    say("forward compared")
+    _compare_training(case, twins, first, batches, rec, say)
+    return CaseResult(
+        case,
+        list(rec.rows.values()),
+        batches.min_margin,
+        batches.draws,
+        time.perf_counter() - start,
+    )
+
+
+def _compare_forward(twins: Twins, x: np.ndarray, rec: _Recorder) -> None:
+    """Eval-mode logits of torch, ONNX Runtime and MindSpore, before any training step."""
+    twins.torch_model.eval()
+    with torch.no_grad():
+        y_torch = twins.torch_model(torch.from_numpy(x)).numpy()
+    y_ort = onnxruntime_forward(twins.onnx_path, x)
+    twins.ms_net.set_train(False)
+    y_ms = twins.ms_net(Tensor(x)).asnumpy()
+    rec.add("logits", "forward.torch_vs_onnxruntime", y_torch, y_ort)
+    rec.add("logits", "forward.ms_vs_torch", y_ms, y_torch)
+    rec.add("logits", "forward.ms_vs_onnxruntime", y_ms, y_ort)
+    twins.torch_model.train()
+    twins.ms_net.set_train(True)
+
+
+def _compare_training(
+    case: Case, twins: Twins, first, batches: _Batches, rec: _Recorder, say: Callable[[str], None]
+) -> None:
+    tmodel, net = twins.torch_model, twins.ms_net
+    empirical_copy = copy.deepcopy(tmodel) if case.empirical_stats else None
+    opt = _ms_optimizer(net, case, "true")
+    cell = _ms_cell(net, opt, case.float64)
+    topt = _torch_optimizer(tmodel, case, "true")
+    names = opt.layer_names
+    if tuple(topt.layer_names) != tuple(names):
+        raise RuntimeError(
+            f"preconditioned layers differ: torch {topt.layer_names} vs MindSpore {names}"
+        )
+    bn = batchnorm_prefixes(net)
+    x0, y0 = first
+
+    # -- 1. statistics of batch 0 (MindSpore's layer_statistics changes no state).
+    t_stats, ms_stats = {}, {}
+    if empirical_copy is not None:
+        emp_topt = _torch_optimizer(empirical_copy, case, "empirical")
+        _torch_step(empirical_copy, emp_topt, x0, y0, None)
+        t_stats["empirical"] = _torch_stats(emp_topt, names, case.approximation)
+        del emp_topt, empirical_copy  # VGG16's factor state is ~2 GB per torch optimizer
+        emp_opt = _ms_optimizer(net, case, "empirical")  # same wrappers and (unchanged) state
+        ms_stats["empirical"] = _ms_cell(net, emp_opt, case.float64).layer_statistics(
+            Tensor(x0), Tensor(y0)
+        )
+    # Step 0 on torch first: it samples the labels that both frameworks then use.
+    gen = torch.Generator().manual_seed(case.seed + 7)
+    t_loss, sampled = _torch_step(tmodel, topt, x0, y0, gen)
+    assert sampled is not None, "step 0 is a factor step"
+    t_stats["true"] = _torch_stats(topt, names, case.approximation)
+    ms_stats["true"] = cell.layer_statistics(
+        Tensor(x0), Tensor(y0), Tensor(sampled.numpy().astype(np.int32))
+    )
+    for fisher, stats in ms_stats.items():
+        for name in names:
+            for key, _, label in _stat_fields(case.approximation):
+                rec.add(
+                    name,
+                    f"stats.{fisher}.{label}",
+                    stats[name][key].asnumpy(),
+                    t_stats[fisher][name][key],
+                )
+    del ms_stats, t_stats
+    say("statistics compared")
+
+    # -- 2.-4. the training run: step 0 (state, D), then the trajectory.
+    x, y = x0, y0
+    for k in range(case.steps):
+        if k > 0:
+            x, y = batches.next(tmodel)
+            t_loss, sampled = _torch_step(tmodel, topt, x, y, gen)
+        # Non-factor steps ignore the sampled labels; pass the true ones to keep one signature.
+        s = y if sampled is None else sampled.numpy().astype(np.int32)
+        loss = cell(Tensor(x), Tensor(y), Tensor(s)).asnumpy()
+        rec.add("-", "loss", loss, np.asarray(t_loss))
+        v_ms, v_t = _ms_moments(opt), _torch_moments(tmodel, topt, bn)
+        w_t = _torch_params(tmodel, bn)
+        if k == 0:
+            rec.add_state("step0.", case, opt, topt)
+            if case.approximation == "tkfac_new":
+                rec.add("-", "step0.beta", opt.beta.asnumpy(), topt.beta.numpy())
+            rec.add_params("D.", v_ms, v_t)  # v_0 = tau * 0 + D = D
+        rec.add_params("traj.", _ms_params(net), w_t)
+        rec.add_params("traj.v.", v_ms, v_t)
+        if case.resync:
+            _resync(net, opt, w_t, v_t)
+        say(f"step {k} compared")
+    rec.add_state("final.", case, opt, topt)
