@@ -72,9 +72,9 @@ def _check_number(
 ) -> float:
     """Return ``float(value)`` if it is a finite number in the given interval, else raise."""
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    rng = f"in {lo}{low}, {high}{hi}"
+    rng = f"in {lo}{low:g}, {high:g}{hi}"
     if high == math.inf:
-        rng = f"> {low}" if low_open else f">= {low}"
+        rng = f"> {low:g}" if low_open else f">= {low:g}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number {rng}, got {value!r}")
     v = float(value)
