@@ -10,8 +10,13 @@ __all__ = ["launched_by_msrun", "setup_context"]
 
 
 def launched_by_msrun() -> bool:
-    """True in a worker process that ``msrun`` started for a job of more than one worker."""
-    return os.environ.get("MS_ROLE") == "MS_WORKER" and int(os.environ.get("MS_WORKER_NUM", 1)) > 1
+    """True in a process that ``msrun`` started for a job of more than one worker.
+
+    ``msrun`` runs the script in a scheduler process (``MS_ROLE=MS_SCHED``) too: it must call
+    ``init()`` as well, which serves the cluster and exits the process when the job ends.
+    """
+    role = os.environ.get("MS_ROLE")
+    return role in ("MS_WORKER", "MS_SCHED") and int(os.environ.get("MS_WORKER_NUM", 1)) > 1
 
 
 def setup_context(device: str) -> tuple[int, int]:
@@ -30,7 +35,7 @@ def setup_context(device: str) -> tuple[int, int]:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
 
-    init()
+    init()  # in the scheduler process this serves the job, then exits
     world = get_group_size()
     ms.set_auto_parallel_context(
         parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world
