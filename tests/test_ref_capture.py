@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from testing_utils import assert_allclose
+from testing_utils import (
+    assert_allclose,
+    torch_single_thread,  # noqa: F401  (autouse fixture)
+)
 from torch import nn
 
 from reference_torch import LayerCapture, LossReduction
@@ -124,3 +127,15 @@ def test_in_place_activation_after_the_layer_is_fine() -> None:
     h = model[0](x).detach().requires_grad_()
     model[2](torch.relu(h)).sum().backward()
     assert_allclose(u[:, 0, :], h.grad, name="u vs d loss / d output")  # type: ignore[arg-type]
+
+
+def test_u_is_recorded_once_per_forward() -> None:
+    """A second backward through the same forward (retain_graph) does not replace ``u``."""
+    lin = nn.Linear(3, 2).to(DTYPE)
+    cap = LayerCapture(lin)
+    cap.arm(LossReduction.SUM, record_backward=True)
+    out = lin(torch.randn(4, 3, dtype=DTYPE))
+    out.sum().backward(retain_graph=True)
+    (5.0 * out).sum().backward()
+    assert cap.u is not None
+    assert_allclose(cap.u, torch.ones(4, 1, 2, dtype=DTYPE), name="u of the first backward")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from testing_utils import torch_single_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 from torch.nn import functional as F
 

@@ -6,7 +6,10 @@ import copy
 
 import pytest
 import torch
-from testing_utils import assert_allclose
+from testing_utils import (
+    assert_allclose,
+    torch_single_thread,  # noqa: F401  (autouse fixture)
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -112,10 +115,11 @@ def test_tkfac_new_beta(deltas: list[float], expected: float) -> None:
 
 def test_beta_from_conv_layers_scales_dense_layers_in_the_optimizer() -> None:
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4, 4)).to(
-        DTYPE
-    )
-    x, y = torch.randn(5, 2, 4, 4, dtype=DTYPE), torch.randint(0, 4, (5,))
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, bias=False), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4, 4)
+    ).to(DTYPE)
+    # tiny inputs: a tiny conv delta, so that beta * delta_dense is above the floor nu
+    x, y = 1e-2 * torch.randn(5, 2, 4, 4, dtype=DTYPE), torch.randint(0, 4, (5,))
     probe = copy.deepcopy(model)  # learn the conv delta first, then put nu above it
     p_opt = reference_torch.TKFAC(probe, lr=0.1, fisher="empirical")
     F.cross_entropy(probe(x), y).backward()
@@ -129,7 +133,8 @@ def test_beta_from_conv_layers_scales_dense_layers_in_the_optimizer() -> None:
     assert_allclose(opt.beta, 4.0, name="beta = nu / delta_conv")
     dense = opt.layer_state("3")
     assert dense.delta is not None and dense.phi is not None
-    dt = max(nu, 4.0 * float(dense.delta))
+    assert 4.0 * float(dense.delta) > nu, "the case must exercise beta, not the floor"
+    dt = 4.0 * float(dense.delta)  # max(nu, beta * delta)
     d_in = dense.phi.shape[0]
     assert_allclose(
         dense.a_batch,

@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from testing_utils import assert_allclose
+from testing_utils import (
+    assert_allclose,
+    torch_single_thread,  # noqa: F401  (autouse fixture)
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -381,6 +384,7 @@ def test_state_dict_round_trip_resumes_bit_identically(approximation: str) -> No
         factor_update_steps=2,
         inv_update_steps=3,
         momentum=0.9,
+        nu=100.0,  # above the conv delta, so TKFAC_new's beta is not 1
     )
     torch.manual_seed(3)
     model = SmallCNN()  # float32 parameters, float64 factors
@@ -389,6 +393,8 @@ def test_state_dict_round_trip_resumes_bit_identically(approximation: str) -> No
         train_step(model, opt, t)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    beta_at_checkpoint = opt.beta.clone()
+    assert (approximation == "tkfac_new") == (float(beta_at_checkpoint) != 1.0)
 
     trajectory = []
     for t in range(3, 7):
@@ -403,6 +409,7 @@ def test_state_dict_round_trip_resumes_bit_identically(approximation: str) -> No
     resumed.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     assert opt2.tkfac_step == 3
+    assert torch.equal(opt2.beta, beta_at_checkpoint)
     for i, t in enumerate(range(3, 7)):
         train_step(resumed, opt2, t)
         for j, (p, q) in enumerate(zip(resumed.parameters(), trajectory[i], strict=True)):

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from testing_utils import Deviation, assert_allclose, report_deviation
+from testing_utils import (
+    Deviation,
+    assert_allclose,
+    report_deviation,
+    torch_single_thread,  # noqa: F401  (autouse fixture)
+)
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F

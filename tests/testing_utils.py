@@ -7,9 +7,11 @@ deviation so tests can print it (run ``pytest -s`` to see the ``DEVIATION`` line
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 
 #: Tolerances, in one place. ``float64`` is for oracle comparisons in double precision.
@@ -18,6 +20,19 @@ TOLERANCES: dict[str, tuple[float, float]] = {  # name -> (rtol, atol)
     "float32": (1e-4, 1e-6),
     "exact": (0.0, 0.0),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def torch_single_thread() -> Iterator[None]:
+    """Run a test module's tiny torch ops on one thread, then restore the thread count.
+
+    Import it into a test module to use it. On a busy 2-core machine, intra-op threads for
+    matrices this small only spin and wait (the reference tests ran 2x slower with them).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _to_numpy(x: torch.Tensor | np.ndarray | float) -> np.ndarray:
