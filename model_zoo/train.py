@@ -237,13 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(cfg.output_dir or "outputs/run")
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""
     try:
-        run = build_run(cfg, rank, world)
-        start_epoch, start_step, ckpt = 0, 0, None
+        ckpt = None
         if args.resume is not None:
             _check_resumable(cfg, out)
             ckpt = latest_checkpoint(out) if args.resume == "latest" else Path(args.resume)
             if ckpt is None:
                 raise ConfigError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
+        run = build_run(cfg, rank, world)
+        start_epoch, start_step = 0, 0
+        if ckpt is not None:
             start_epoch, start_step = load_checkpoint_for_resume(ckpt, run.train_cell)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
