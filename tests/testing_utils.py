@@ -45,6 +45,7 @@ def _to_numpy(x: torch.Tensor | np.ndarray | float) -> np.ndarray:
 class Deviation:
     """The outcome of a comparison: largest absolute and relative (to ``max|expected|``) gap."""
 
+    name: str
     max_abs: float
     max_rel: float
     ok: bool
@@ -64,7 +65,7 @@ def allclose_report(
     act, exp = _to_numpy(actual), _to_numpy(expected)
     if act.shape != exp.shape:
         return Deviation(
-            np.inf, np.inf, False, f"{name}: shape {act.shape} != expected shape {exp.shape}"
+            name, np.inf, np.inf, False, f"{name}: shape {act.shape} != expected shape {exp.shape}"
         )
     diff = np.abs(act - exp)
     allowed = atol + rtol * np.abs(exp)
@@ -73,7 +74,7 @@ def allclose_report(
     max_rel = max_abs / scale if scale > 0 else max_abs
     bad = diff > allowed
     if not np.any(bad) and np.all(np.isfinite(act)):
-        return Deviation(max_abs, max_rel, True, f"{name}: ok, max |diff| {max_abs:.3e}")
+        return Deviation(name, max_abs, max_rel, True, f"{name}: ok, max |diff| {max_abs:.3e}")
     order = np.argsort(-(diff - allowed), axis=None)[:worst]
     lines = [
         f"{name}: {int(bad.sum())} of {bad.size} entries differ "
@@ -88,7 +89,7 @@ def allclose_report(
             f"  at {tuple(int(i) for i in idx)}: actual {a:.12g}, expected {e:.12g}, "
             f"|diff| {abs(a - e):.3e}, rel {rel:.3e}"
         )
-    return Deviation(max_abs, max_rel, False, "\n".join(lines))
+    return Deviation(name, max_abs, max_rel, False, "\n".join(lines))
 
 
 def assert_allclose(
@@ -107,4 +108,4 @@ def assert_allclose(
 
 def report_deviation(test: str, dev: Deviation) -> None:
     """Print a measured deviation in one greppable line (visible with ``pytest -s``)."""
-    print(f"DEVIATION {test}: max_abs={dev.max_abs:.3e} max_rel={dev.max_rel:.3e}")
+    print(f"DEVIATION {test} {dev.name}: max_abs={dev.max_abs:.3e} max_rel={dev.max_rel:.3e}")
