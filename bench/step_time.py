@@ -9,6 +9,10 @@ compared. Amortized costs at ``T_FIM = T_INV = T`` are ``((T - 1) * a + both) / 
 Usage::
 
     python bench/step_time.py --model resnet20 --batch 128 [--steps 24] [--json out.json]
+
+:func:`measure` is the same measurement for any network (``bench/cost_scaling.py`` uses it); the
+JSON file also holds the compile times and the peak resident memory after the Momentum phase and
+at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from datetime import UTC, datetime
@@ -49,27 +54,32 @@ def _time_steps(cell, x, y, steps: int) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet20", choices=sorted(INPUT))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=24, help="TKFAC steps timed (>= 12)")
-    parser.add_argument("--approximation", default="tkfac_new")
-    parser.add_argument("--fisher", default="true")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    ms.set_seed(0)
-    size = args.image_size or INPUT[args.model]
-    classes = 1000 if args.model == "resnet50" else 10
-    rng = np.random.default_rng(0)
-    x = Tensor(rng.standard_normal((args.batch, 3, size, size)).astype(np.float32))
-    y = Tensor(rng.integers(0, classes, args.batch).astype(np.int32))
+def measure(
+    make_net,
+    x: Tensor,
+    y: Tensor,
+    steps: int = 24,
+    approximation: str = "tkfac_new",
+    fisher: str = "true",
+    momentum_steps: int = 8,
+) -> dict:
+    """Time every kind of TKFAC step against ``nn.Momentum`` on one batch, in this process.
+
+    Args:
+        make_net: ``() -> nn.Cell``, called once per optimizer.
+        x, y: the batch (the same for every step).
+        steps: TKFAC steps timed after the compiling step 0.
+        approximation, fisher: TKFAC options.
+        momentum_steps: Momentum steps timed before, and again after, the TKFAC steps.
+
+    Returns:
+        ``median_s`` per step kind, ``momentum_s`` (median), ``amortized_s`` for T = 10, 100,
+        compile times, every sample, the number of layers, and the peak resident memory (MiB)
+        after the Momentum phase and at the end (so mostly TKFAC's).
+    """
 
     def momentum_cell():
-        net = create_model(args.model, num_classes=classes)
+        net = make_net()
         loss = nn.WithLossCell(net, nn.CrossEntropyLoss())
         return nn.TrainOneStepCell(loss, nn.Momentum(net.trainable_params(), 1e-3, 0.9))
 
@@ -77,14 +87,15 @@ def main() -> None:
     base = momentum_cell()
     base(x, y).asnumpy()
     compile_momentum = time.perf_counter() - t0
-    base_times = _time_steps(base, x, y, 8)
+    base_times = _time_steps(base, x, y, momentum_steps)
+    rss_momentum = _peak_rss_mb()
 
-    net = create_model(args.model, num_classes=classes)
+    net = make_net()
     opt = tkfac_ms.TKFAC(
         net,
         1e-3,
-        approximation=args.approximation,
-        fisher=args.fisher,
+        approximation=approximation,
+        fisher=fisher,
         damping=1e-2,
         nu=1e-2,
         factor_update_steps=3,
@@ -94,8 +105,8 @@ def main() -> None:
     t0 = time.perf_counter()
     cell(x, y).asnumpy()  # step 0 (both updates) compiles
     compile_tkfac = time.perf_counter() - t0
-    times = _time_steps(cell, x, y, args.steps)
-    base_times += _time_steps(base, x, y, 8)
+    times = _time_steps(cell, x, y, steps)
+    base_times += _time_steps(base, x, y, momentum_steps)
 
     kinds: dict[str, list[float]] = {"none": [], "factors": [], "inverses": [], "both": []}
     for i, dt in enumerate(times, start=1):  # step index t = i (step 0 was the compile)
@@ -104,6 +115,49 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in kinds.items()}
     m = statistics.median(base_times)
     amort = {t: ((t - 1) * med["none"] + med["both"]) / t for t in (10, 100)}
+    return {
+        "median_s": med,
+        "momentum_s": m,
+        "amortized_s": amort,
+        "compile_s": {"momentum": compile_momentum, "tkfac": compile_tkfac},
+        "samples": {"momentum": base_times, **kinds},
+        "layers": len(opt.layers),
+        "peak_rss_mb": {"after_momentum": rss_momentum, "after_tkfac": _peak_rss_mb()},
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet20", choices=sorted(INPUT))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=24, help="TKFAC steps timed (>= 12)")
+    parser.add_argument("--approximation", default="tkfac_new")
+    parser.add_argument("--fisher", default="true")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    ms.set_seed(0)
+    size = args.image_size or INPUT[args.model]
+    classes = 1000 if args.model == "resnet50" else 10
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((args.batch, 3, size, size)).astype(np.float32))
+    y = Tensor(rng.integers(0, classes, args.batch).astype(np.int32))
+    kwargs = {"image_size": size} if args.model == "small_cnn" else {}
+    res = measure(
+        lambda: create_model(args.model, num_classes=classes, **kwargs),
+        x,
+        y,
+        steps=args.steps,
+        approximation=args.approximation,
+        fisher=args.fisher,
+    )
+    med, m, amort = res["median_s"], res["momentum_s"], res["amortized_s"]
     rows = [
         ("Momentum step", m, 1.0, ""),
         ("(a) TKFAC, no update", med["none"], med["none"] / m, "<= 1.08"),
@@ -115,29 +169,24 @@ def main() -> None:
     ]
     print(
         f"model={args.model} batch={args.batch} input={size} approximation="
-        f"{args.approximation} fisher={args.fisher} layers={len(opt.layers)}"
+        f"{args.approximation} fisher={args.fisher} layers={res['layers']}"
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"MindSpore {ms.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
-    print(f"compile: momentum {compile_momentum:.1f} s, tkfac {compile_tkfac:.1f} s")
+    print(
+        f"compile: momentum {res['compile_s']['momentum']:.1f} s, "
+        f"tkfac {res['compile_s']['tkfac']:.1f} s"
+    )
     print(f"{'step kind':40s} {'median ms':>10s} {'x Momentum':>11s}  target")
     for name, sec, ratio, target in rows:
         print(f"{name:40s} {sec * 1e3:10.1f} {ratio:11.2f}  {target}")
+    out = {"args": vars(args), **res}
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "args": vars(args),
-                    "median_s": med,
-                    "momentum_s": m,
-                    "amortized_s": amort,
-                    "samples": {"momentum": base_times, **kinds},
-                },
-                fh,
-                indent=2,
-            )
+            json.dump(out, fh, indent=2)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,319 @@
+"""Cost of TKFAC: step-time ratios, scaling of the update costs, optimizer-state memory.
+
+Three parts (``--parts``, default all), every time measured against ``nn.Momentum`` in the same
+process with :func:`bench.step_time.measure` (step kinds: none / factors / inverses / both):
+
+* ``ratios``: ResNet-20 (batch 128, 32x32), VGG16-BN (batch 16, 32x32) and ResNet-50 (batch 8,
+  224x224), each in its own process (``bench/step_time.py``), so that each network's peak
+  resident memory is its own;
+* ``scaling``: a small conv net ``conv3x3(3->C) - conv3x3(C->C) - conv3x3(C->C) - GAP - Dense``
+  with the width ``C``, the batch ``N`` and the input size ``H`` varied one at a time. Reported:
+  the factor-update cost (factor step minus plain TKFAC step), the inverse cost, the
+  preconditioning overhead (plain TKFAC step minus Momentum step), and the log-log slopes. The
+  spec's statistics cost ``~ N H^2 (9C)^2`` multiply-adds per conv layer (slopes 2 in C, 1 in N,
+  2 in H); the inverses ``~ (9C)^3`` (slope 3 in C, 0 in N and H);
+* ``memory``: bytes of every Parameter a train cell holds beyond the network's own (the optimizer
+  state) for Momentum, Adam, KFAC and TKFAC, against the parameter bytes; no compilation.
+
+Usage::
+
+    python bench/cost_scaling.py [--parts ratios,scaling,memory]
+        [--models resnet20,vgg16_bn,resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import IMG, RESULTS, finish, plt, provenance, write_json  # noqa: E402
+
+#: (model, batch, input size) of the step-time ratios.
+RATIO_SETTINGS = {"resnet20": (128, 32), "vgg16_bn": (16, 32), "resnet50": (8, 224)}
+BASE = {"width": 32, "batch": 64, "size": 16}
+SWEEP = {"width": (16, 32, 64, 128), "batch": (16, 32, 64, 128), "size": (8, 16, 32)}
+#: ``--quick`` (smoke tests): two tiny settings, a width pair only.
+QUICK_BASE = {"width": 8, "batch": 8, "size": 8}
+QUICK_SWEEP = {"width": (8, 16), "batch": (8,), "size": (8,)}
+
+
+def scaling_net(width: int, classes: int = 10):
+    """Three 3x3 convs of ``width`` channels (ReLU), global average pooling, one Dense."""
+    from mindspore import nn, ops
+
+    class ScalingNet(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 3, pad_mode="pad", padding=1, has_bias=False)
+            self.conv2 = nn.Conv2d(width, width, 3, pad_mode="pad", padding=1, has_bias=False)
+            self.conv3 = nn.Conv2d(width, width, 3, pad_mode="pad", padding=1, has_bias=False)
+            self.relu = nn.ReLU()
+            self.fc = nn.Dense(width, classes)
+
+        def construct(self, x):
+            x = self.relu(self.conv1(x))
+            x = self.relu(self.conv2(x))
+            x = self.relu(self.conv3(x))
+            return self.fc(ops.mean(x, axis=(2, 3)))
+
+    return ScalingNet()
+
+
+def run_ratios(models: list[str], steps: int, results: Path) -> dict:
+    out = {}
+    for model in models:
+        batch, size = RATIO_SETTINGS[model]
+        path = results / f".step_time_{model}.json"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).with_name("step_time.py")),
+            "--model",
+            model,
+            "--batch",
+            str(batch),
+            "--image-size",
+            str(size),
+            "--steps",
+            str(steps),
+            "--json",
+            str(path),
+        ]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        table = [ln for ln in proc.stdout.splitlines() if not ln.startswith("[WARNING")]
+        print("\n".join(table), flush=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-3:])
+            print(f"{model}: step_time.py failed (exit {proc.returncode}): {tail}", flush=True)
+            out[model] = {"failed": proc.returncode, "stderr_tail": tail, "wall_s": wall}
+            continue
+        res = json.loads(path.read_text())
+        path.unlink()
+        res["wall_s"] = wall
+        res["stdout"] = table
+        out[model] = res
+    return out
+
+
+def run_scaling(steps: int, quick: bool) -> dict:
+    from mindspore import Tensor
+
+    from bench import _ms
+    from bench.step_time import measure
+
+    _ms.setup(0)
+    rng = np.random.default_rng(0)
+    base, sweep = (QUICK_BASE, QUICK_SWEEP) if quick else (BASE, SWEEP)
+    configs = []
+    for key, values in sweep.items():
+        for v in values:
+            cfg = dict(base, **{key: v})
+            if cfg not in configs:
+                configs.append(cfg)
+    rows = []
+    for cfg in configs:
+        n, c, h = cfg["batch"], cfg["width"], cfg["size"]
+        x = Tensor(rng.standard_normal((n, 3, h, h)).astype(np.float32))
+        y = Tensor(rng.integers(0, 10, n).astype(np.int32))
+        res = measure(lambda c=c: scaling_net(c), x, y, steps=steps, momentum_steps=6)
+        med, m = res["median_s"], res["momentum_s"]
+        row = {
+            **cfg,
+            "momentum_s": m,
+            "plain_tkfac_s": med["none"],
+            "factor_cost_s": med["factors"] - med["none"],
+            "inverse_cost_s": med["inverses"] - med["none"],
+            "precondition_overhead_s": med["none"] - m,
+            "compile_tkfac_s": res["compile_s"]["tkfac"],
+            "layers": res["layers"],
+        }
+        rows.append(row)
+        print(
+            f"C={c:4d} N={n:4d} H={h:3d}: momentum {1e3 * m:7.1f} ms, factor update "
+            f"+{1e3 * row['factor_cost_s']:7.1f} ms, inverses +{1e3 * row['inverse_cost_s']:7.1f}"
+            f" ms, plain TKFAC step {1e3 * med['none']:7.1f} ms",
+            flush=True,
+        )
+    slopes = {}
+    for key in sweep:
+        sel = [r for r in rows if all(r[k] == base[k] for k in base if k != key)]
+        sel.sort(key=lambda r: r[key])
+        xs = np.log([r[key] for r in sel])
+        slopes[key] = {}
+        for field in ("momentum_s", "factor_cost_s", "inverse_cost_s"):
+            ys = np.array([r[field] for r in sel])
+            ok = ys > 0
+            slopes[key][field] = (
+                float(np.polyfit(xs[ok], np.log(ys[ok]), 1)[0]) if ok.sum() >= 2 else None
+            )
+    return {"base": base, "sweep": sweep, "rows": rows, "slopes": slopes}
+
+
+def run_memory(models: list[str]) -> dict:
+    from mindspore import nn
+
+    from bench import _ms
+    from model_zoo.src.models import create_model
+
+    _ms.setup(0)
+
+    def nbytes(params) -> int:
+        return int(sum(int(np.prod(p.shape)) * p.itemsize for p in params))
+
+    out = {}
+    for model in models:
+        classes = 1000 if model == "resnet50" else 10
+        row = {}
+        for name in ("sgdm", "adam", "kfac", "tkfac_nor"):
+            net = create_model(model, num_classes=classes)
+            net_params = {id(p) for p in net.get_parameters()}
+            row["params"] = nbytes(net.trainable_params())
+            row["net_all"] = nbytes(net.get_parameters())
+            cell, opt = _ms.train_cell(
+                _ms.OptimizerSpec(name, 0.1), net, nn.CrossEntropyLoss(), 0.1
+            )
+            # everything the cell holds beyond the network's own Parameters, including the
+            # TKFAC factor state (created when the optimizer wraps the layers)
+            row[name] = nbytes(p for p in cell.get_parameters() if id(p) not in net_params)
+            if name == "tkfac_nor":
+                layers = opt.layers
+                row["tkfac_factors_and_inverses"] = int(
+                    sum(2 * 4 * (w.d_in**2 + w.d_out**2) for w in layers)
+                )
+                row["largest_factor"] = int(max(max(w.d_in, w.d_out) for w in layers))
+        out[model] = row
+        mib = 2**20
+        states = ", ".join(
+            f"{label} {row[key] / mib:.1f}"
+            for key, label in (("sgdm", "Momentum"), ("adam", "Adam"), ("kfac", "KFAC"))
+        )
+        print(
+            f"{model:9s} params {row['params'] / mib:8.1f} MiB | state: {states}, TKFAC "
+            f"{row['tkfac_nor'] / mib:.1f} MiB (x{row['tkfac_nor'] / row['params']:.1f} the "
+            f"parameters; largest factor {row['largest_factor']}^2)",
+            flush=True,
+        )
+    return out
+
+
+def plot_scaling(scaling: dict, path: Path) -> None:
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    names = {"width": "width C (channels)", "batch": "batch size N", "size": "input size H"}
+    base = scaling["base"]
+    for ax, key in zip(axes, scaling["sweep"], strict=True):
+        sel = [r for r in scaling["rows"] if all(r[k] == base[k] for k in base if k != key)]
+        sel.sort(key=lambda r: r[key])
+        xs = [r[key] for r in sel]
+        for field, label, color in (
+            ("momentum_s", "Momentum step", "tab:gray"),
+            ("factor_cost_s", "TKFAC factor update (extra)", "tab:red"),
+            ("inverse_cost_s", "TKFAC inverse update (extra)", "tab:blue"),
+            ("precondition_overhead_s", "TKFAC plain step - Momentum", "tab:green"),
+        ):
+            ys = np.array([r[field] for r in sel]) * 1e3
+            slope = scaling["slopes"][key].get(field)
+            tag = "" if slope is None else f" (slope {slope:.2f})"
+            ax.plot(xs, np.maximum(ys, 1e-2), marker="o", color=color, label=label + tag)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(names[key])
+        ax.set_ylabel("ms per step")
+        others = ", ".join(f"{k}={v}" for k, v in base.items() if k != key)
+        ax.set_title(f"vary {key} ({others})", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "Cost scaling on a 3-conv net (2-core CPU, medians, negative differences clipped to "
+        "0.01 ms): expected slopes factor update 2/1/2, inverses 3/0/0 in C/N/H"
+    )
+    fig.savefig(path, dpi=105)
+    pyplot.close(fig)
+
+
+def plot_memory(memory: dict, path: Path) -> None:
+    pyplot = plt()
+    models = list(memory)
+    fig, ax = pyplot.subplots(figsize=(8, 4.2), constrained_layout=True)
+    width = 0.16
+    fields = [
+        ("params", "parameters", "k"),
+        ("sgdm", "Momentum state", "tab:gray"),
+        ("adam", "Adam state", "tab:green"),
+        ("kfac", "KFAC state", "tab:blue"),
+        ("tkfac_nor", "TKFAC state", "tab:red"),
+    ]
+    for i, (field, label, color) in enumerate(fields):
+        ys = [memory[m][field] / 2**20 for m in models]
+        ax.bar(np.arange(len(models)) + (i - 2) * width, ys, width, label=label, color=color)
+    ax.set_xticks(np.arange(len(models)), models)
+    ax.set_yscale("log")
+    ax.set_ylabel("MiB (float32)")
+    ax.set_title("Optimizer state (Parameters beyond the network's own) vs parameters")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, dpi=105)
+    pyplot.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="ratios,scaling,memory")
+    parser.add_argument("--models", default="resnet20,vgg16_bn,resnet50")
+    parser.add_argument("--steps", type=int, default=24, help="TKFAC steps timed per setting")
+    parser.add_argument("--quick", action="store_true", help="two points per sweep (smoke)")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--img", default=str(IMG))
+    args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    models = [m for m in args.models.split(",") if m]
+    if any(p not in ("ratios", "scaling", "memory") for p in parts) or any(
+        m not in RATIO_SETTINGS for m in models
+    ):
+        raise SystemExit(
+            "Usage: cost_scaling.py [--parts ratios,scaling,memory] "
+            f"[--models {','.join(RATIO_SETTINGS)}]"
+        )
+    t_start = time.perf_counter()
+    info = provenance(argv)
+    results, img = Path(args.results), Path(args.img)
+    results.mkdir(parents=True, exist_ok=True)
+    img.mkdir(parents=True, exist_ok=True)
+    out: dict = {"experiment": "cost_scaling", **info, "args": vars(args), "figures": []}
+    if "memory" in parts:
+        out["memory"] = run_memory(models)
+        path = img / "cost_memory.png"
+        plot_memory(out["memory"], path)
+        out["figures"].append(str(path))
+    if "scaling" in parts:
+        out["scaling"] = run_scaling(max(12, args.steps), args.quick)
+        path = img / "cost_scaling.png"
+        plot_scaling(out["scaling"], path)
+        out["figures"].append(str(path))
+        for key, s in out["scaling"]["slopes"].items():
+            print(f"log-log slope in {key}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    if "ratios" in parts:
+        out["ratios"] = run_ratios(models, args.steps, results)
+    finish(out, t_start)
+    name = (
+        "cost_scaling.json"
+        if parts == ["ratios", "scaling", "memory"]
+        else ("cost_scaling_" + "_".join(parts) + ".json")
+    )
+    path = write_json(results / name, out)
+    print(f"wrote {path} in {out['runtime_s']} s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
