@@ -59,6 +59,7 @@ Two measures keep the float32 comparisons about the port and not about chaos:
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import tempfile
@@ -95,6 +96,7 @@ __all__ = [
     "Row",
     "group_of",
     "kink_margin",
+    "load_result",
     "rel_err",
     "run_case",
 ]
@@ -119,6 +121,7 @@ class Case:
     model: str
     approximation: str
     batch: int = 4
+    #: Training steps compared; 0 compares only the forward pass and the batch statistics.
     steps: int = 10
     factor_update_steps: int = 3
     inv_update_steps: int = 3
@@ -136,8 +139,8 @@ class Case:
     kink_margin: float = 3e-7
     #: Batches tried per step before the one with the largest margin is taken anyway.
     max_draws: int = 30
-    #: Also compare the statistics with ``fisher="empirical"`` (one more MindSpore graph).
-    empirical_stats: bool = True
+    #: Which Fisher's batch statistics to compare (each one more MindSpore graph to compile).
+    statistics: tuple[str, ...] = ("empirical", "true")
     #: Multiplies MindSpore's damping only: a deliberately broken run, for the tests that show
     #: that the comparison can fail. 1.0 in every real run.
     ms_damping_scale: float = 1.0
@@ -177,8 +180,12 @@ class Case:
             )
         if self.batch < 2:
             raise ValueError(f"batch must be >= 2 (BatchNorm in train mode), got {self.batch}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not set(self.statistics) <= {"empirical", "true"}:
+            raise ValueError(
+                f"statistics must name 'empirical' and/or 'true', got {self.statistics!r}"
+            )
         if self.max_draws < 1:
             raise ValueError(f"max_draws must be >= 1, got {self.max_draws}")
         mantissa, _ = math.frexp(self.lr)
@@ -257,6 +264,17 @@ class CaseResult:
         }
 
 
+def load_result(path: str | Path) -> CaseResult:
+    """Read a :class:`CaseResult` back from the JSON that ``python -m parity`` writes."""
+    data = json.loads(Path(path).read_text())
+    case = dict(data["case"])
+    case["statistics"] = tuple(case["statistics"])
+    rows = [
+        Row(**{k: v for k, v in r.items() if k not in ("group", "passed")}) for r in data["rows"]
+    ]
+    return CaseResult(Case(**case), rows, data["min_margin"], data["draws"], data["seconds"])
+
+
 #: Tolerance groups, in table order: quantity prefix -> group (first match wins).
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("forward.", "forward"),
@@ -271,7 +289,18 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     ("loss", "trajectory"),
     ("final.", "final"),
 )
-GROUPS: tuple[str, ...] = tuple(dict.fromkeys(g for _, g in _PREFIXES))
+#: The groups in table order.
+GROUPS: tuple[str, ...] = (
+    "forward",
+    "stats",
+    "factors",
+    "inverses",
+    "beta",
+    "update",
+    "momentum",
+    "trajectory",
+    "final",
+)
 
 
 def group_of(quantity: str) -> str:
@@ -635,7 +664,7 @@ def _compare_training(
     case: Case, twins: Twins, first, batches: _Batches, rec: _Recorder, say: Callable[[str], None]
 ) -> None:
     tmodel, net = twins.torch_model, twins.ms_net
-    empirical_copy = copy.deepcopy(tmodel) if case.empirical_stats else None
+    empirical_copy = copy.deepcopy(tmodel) if "empirical" in case.statistics else None
     opt = _ms_optimizer(net, case, "true")
     cell = _ms_cell(net, opt, case.float64)
     topt = _torch_optimizer(tmodel, case, "true")
@@ -662,10 +691,11 @@ def _compare_training(
     gen = torch.Generator().manual_seed(case.seed + 7)
     t_loss, sampled = _torch_step(tmodel, topt, x0, y0, gen)
     assert sampled is not None, "step 0 is a factor step"
-    t_stats["true"] = _torch_stats(topt, names, case.approximation)
-    ms_stats["true"] = cell.layer_statistics(
-        Tensor(x0), Tensor(y0), Tensor(sampled.numpy().astype(np.int32))
-    )
+    if "true" in case.statistics:
+        t_stats["true"] = _torch_stats(topt, names, case.approximation)
+        ms_stats["true"] = cell.layer_statistics(
+            Tensor(x0), Tensor(y0), Tensor(sampled.numpy().astype(np.int32))
+        )
     for fisher, stats in ms_stats.items():
         for name in names:
             for key, _, label in _stat_fields(case.approximation):
@@ -677,6 +707,8 @@ def _compare_training(
                 )
     del ms_stats, t_stats
     say("statistics compared")
+    if case.steps == 0:  # forward and statistics only: the training graph is not compiled
+        return
 
     # -- 2.-4. the training run: step 0 (state, D), then the trajectory.
     x, y = x0, y0
