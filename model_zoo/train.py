@@ -66,6 +66,7 @@ from model_zoo.src.trainer.callbacks import (  # noqa: E402
     MetricsLogger,
     PlotCallback,
     ProgressLogger,
+    write_atomic,
 )
 from model_zoo.src.trainer.checkpoint import CHECKPOINT_DIR  # noqa: E402
 
@@ -271,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             old = load_run(out)
             history = [r for r in old.get("epochs", []) if r["epoch"] <= start_epoch]
             steps = [r for r in old.get("steps", []) if r["step"] <= start_step]
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        # Atomic: other workers of a resumed msrun job may be reading it.
+        write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     run_info = {
         "model": cfg.model,
