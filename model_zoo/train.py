@@ -54,9 +54,7 @@ from model_zoo.src.trainer import (  # noqa: E402
     latest_checkpoint,
     load_checkpoint_for_resume,
     load_config,
-    load_run,
     overrides_from_args,
-    plot_runs,
     resolve_config,
     setup_context,
 )
@@ -69,6 +67,7 @@ from model_zoo.src.trainer.callbacks import (  # noqa: E402
     write_atomic,
 )
 from model_zoo.src.trainer.checkpoint import CHECKPOINT_DIR  # noqa: E402
+from model_zoo.src.trainer.plot import load_run, plot_runs  # noqa: E402
 
 # Settings a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE_CHANGES = frozenset(

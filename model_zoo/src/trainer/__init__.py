@@ -9,7 +9,8 @@ module          what
 ``loop``        :class:`Trainer` (epoch loop driving MindSpore callbacks), evaluation
 ``callbacks``   evaluation, progress/ETA, metrics CSV/JSON, checkpoints, plot
 ``checkpoint``  atomic per-epoch checkpoints and exact resume
-``plot``        curves of one run, or several runs' optimizers side by side
+``plot``        curves of one run, or several runs' optimizers side by side (also a
+                command: ``python -m model_zoo.src.trainer.plot``; not imported here)
 ``context``     device, GRAPH_MODE, data parallelism under ``msrun``
 =============== ===================================================================
 """
@@ -36,7 +37,6 @@ from model_zoo.src.trainer.optim import (
     create_optimizer,
     create_train_cell,
 )
-from model_zoo.src.trainer.plot import load_run, plot_runs
 
 __all__ = [
     "TrainConfig",
@@ -58,8 +58,6 @@ __all__ = [
     "save_checkpoint_atomic",
     "load_checkpoint_for_resume",
     "latest_checkpoint",
-    "load_run",
-    "plot_runs",
     "setup_context",
     "launched_by_msrun",
 ]

@@ -90,6 +90,8 @@ def plot_runs(
     axes[0].set_title("training loss (light: logged steps, dots: epoch mean)")
     axes[1].set_title("test loss")
     axes[2].set_title("test accuracy (%)")
+    axes[0].set_yscale("log")  # early spikes (e.g. BatchNorm statistics still settling)
+    axes[1].set_yscale("log")  # would flatten the rest of the curves
     for ax in axes[:3]:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
