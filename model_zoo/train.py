@@ -42,7 +42,7 @@ import yaml  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 from model_zoo.src.dataset import DATASETS, create_dataset  # noqa: E402
-from model_zoo.src.models import create_model  # noqa: E402
+from model_zoo.src.models import MODELS, create_model  # noqa: E402
 from model_zoo.src.trainer import (  # noqa: E402
     ConfigError,
     TrainConfig,
@@ -107,23 +107,21 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def model_kwargs(cfg: TrainConfig, image_size: int) -> dict[str, Any]:
-    """``cfg.model_args``, plus the input size for constructors that take one."""
+    """``cfg.model_args``, plus the input size for constructors that take one.
+
+    Raises:
+        ValueError: ``cfg.model`` is not registered.
+    """
+    key = cfg.model.lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown model '{cfg.model}'; available: {', '.join(sorted(MODELS))}")
     kwargs = dict(cfg.model_args)
-    params = inspect.signature(create_model_constructor(cfg.model)).parameters
+    params = inspect.signature(MODELS[key]).parameters
     if "image_size" in params:
         kwargs.setdefault("image_size", image_size)
     if "in_dim" in params:
         kwargs.setdefault("in_dim", 3 * image_size * image_size)
     return kwargs
-
-
-def create_model_constructor(name: str) -> Callable[..., nn.Cell]:
-    """The registry entry of ``name`` (error listing the registered names)."""
-    from model_zoo.src.models import MODELS
-
-    if name.lower() not in MODELS:
-        raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}")
-    return MODELS[name.lower()]
 
 
 @dataclass

@@ -91,6 +91,7 @@ __all__ = [
     "FLOAT64_MODELS",
     "GROUPS",
     "MODELS",
+    "NU",
     "Case",
     "CaseResult",
     "Row",
@@ -105,6 +106,12 @@ MODELS = ("mlp", "small_cnn", "resnet20", "vgg16_bn")
 APPROXIMATIONS = ("tkfac_nor", "tkfac_new", "kfac")
 #: Nets without convolutions: compared in float64 (MindSpore's CPU Dense supports it).
 FLOAT64_MODELS = frozenset({"mlp"})
+#: TKFAC_new's ``nu`` per net: between the smallest and the largest ``delta`` of its layers on
+#: these batches (conv deltas: small_cnn 5-16, ResNet-20 1-108, VGG16 1e3-2e4; MLP dense
+#: deltas 3-79), so that the floor ``max(nu, .)`` is active for some layers and not for others
+#: and Eq. 16's ``beta`` is not 1. With a small ``nu`` (paper-like 1e-3) no delta is floored,
+#: ``beta = 1`` exactly, and those code paths would go untested.
+NU = {"mlp": 10.0, "small_cnn": 10.0, "resnet20": 10.0, "vgg16_bn": 3000.0}
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,8 @@ class Case:
     lr: float = 2.0**-8
     momentum: float = 0.9
     damping: float = 0.1
-    nu: float = 1e-3
+    #: TKFAC_new's trace floor; None: :data:`NU` of the model (see there).
+    nu: float | None = None
     factor_decay: float = 0.95
     seed: int = 0
     image_size: int = 32
@@ -193,6 +201,8 @@ class Case:
             raise ValueError(f"lr must be a power of two (exact in float32), got {self.lr}")
         if self.resync is None:
             object.__setattr__(self, "resync", not self.float64)
+        if self.nu is None:
+            object.__setattr__(self, "nu", NU[self.model])
 
 
 @dataclass
