@@ -13,7 +13,9 @@ the CI configurations), and the reason the error is what it is. Rules, checked b
 
 Measured on this project's 2-core x86 CI machine (oneDNN AVX2 for MindSpore, MKL for torch)
 with ``scripts/run_parity.sh --model all --approximation all`` (the published table,
-``docs/parity.md``) and the CI cases of ``tests/test_parity.py``.
+``docs/parity.md``) and the CI cases of ``tests/test_parity.py``; rounded up to two digits.
+A group's measurement is the worst layer of the worst approximation, so most rows sit far
+below their tolerance.
 """
 
 from __future__ import annotations
@@ -44,74 +46,96 @@ class Tolerance:
     reason: str
 
 
-_F64_SUM = "float64 summation order (BLAS vs oneDNN/Eigen), no amplification"
-_F32_SUM = "float32 summation order; im2col and conv reductions of up to 4608 terms"
+_F64 = "float64 rounding, summation order (MKL vs Eigen/oneDNN)"
+_F32 = "float32 rounding, summation order (MKL vs oneDNN)"
+_D32 = "float32 gradient through the net, then two float32 inverses"
+_STEP = "re-anchored: each step's D error, as the update row"
+_TRAJ = "lr 2^-8 times the D error, relative to the weights"
+_FLIP = (
+    "flip-free runs; a ReLU/max-pool kink flip on one step exceeds it (VGG16 TKFAC_new "
+    "seed 0: momentum 0.45, trajectory 9.5e-4, docs/parity.md)"
+)
 
 #: network -> group -> tolerance.
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
     "mlp": {
-        "forward": Tolerance(1e-14, 9.8e-16, _F64_SUM + " (3072-term dot products)"),
-        "stats": Tolerance(3e-14, 2.4e-15, _F64_SUM + "; Psi divides by delta"),
-        "factors": Tolerance(1e-14, 1.0e-15, _F64_SUM),
-        "inverses": Tolerance(5e-14, 4.1e-15, "Cholesky of the damped factors; cond ~1e2"),
+        "forward": Tolerance(8e-15, 9.9e-16, _F64 + "; 3072-term dot products"),
+        "stats": Tolerance(2e-14, 2.4e-15, _F64 + "; phi, psi divide by N delta"),
+        "factors": Tolerance(1e-14, 1.3e-15, _F64 + "; sqrt(delta) and damping added"),
+        "inverses": Tolerance(2e-14, 3.0e-15, "Cholesky in float64 of well-damped factors"),
         "beta": Tolerance(EPS["float64"], 0.0, "no conv layer: beta = 1 exactly on both sides"),
-        "update": Tolerance(1e-12, 9.5e-14, "G_W (float64) times two inverses; cond ~1e2"),
-        "momentum": Tolerance(3e-12, 2.9e-13, "free-running 10 steps: one-step errors compound"),
+        "update": Tolerance(
+            1e-12,
+            1.7e-13,
+            "float64 D = Psi^-1 G_W Phi^-1; TKFAC_new's "
+            "relative damping (delta~/d_in) leaves cond ~1e2 on 769/3073 dims",
+        ),
+        "momentum": Tolerance(1e-12, 1.7e-13, "free-running 10 steps: D errors, accumulated"),
         "trajectory": Tolerance(
-            1e-11, 7.6e-13, "free-running 10 steps; the loss row compounds them through the logits"
+            4e-14,
+            4.4e-15,
+            "free-running: lr 2^-8 times the momentum "
+            "errors, relative to the weights; loss of each step",
         ),
         "final": Tolerance(
-            2e-10,
-            1.4e-11,
-            "moving averages over 4 updates of a free-running "
-            "trajectory; delta = ||a||^2 ||u||^2 amplifies "
-            "the weight drift ~100x",
+            8e-14,
+            9.7e-15,
+            "moving averages after 4 updates on drifted "
+            "weights; delta = sum ||a||^2 ||u||^2 magnifies the drift",
         ),
     },
     "small_cnn": {
-        "forward": Tolerance(6e-6, 5.3e-7, _F32_SUM),
-        "stats": Tolerance(1e-5, 1.0e-6, _F32_SUM),
-        "factors": Tolerance(1e-5, 1.0e-6, _F32_SUM + "; sqrt(delta) and damping added"),
+        "forward": Tolerance(5e-6, 5.3e-7, _F32),
+        "stats": Tolerance(4e-6, 4.2e-7, _F32 + "; im2col sums over 4096 locations"),
+        "factors": Tolerance(4e-6, 4.2e-7, _F32),
         "inverses": Tolerance(
-            5e-5, 4.8e-6, "KFAC pi-damped fc factor (1025 x 1025), cond ~1e2 times float32 rounding"
+            4e-5,
+            4.4e-6,
+            "KFAC's pi-damped classifier A (1025 dims, rank "
+            "4 from 4 samples): cond ~1e2 times float32 rounding",
         ),
-        "beta": Tolerance(EPS["float32"], 0.0, "all conv deltas above nu: beta = 1 exactly"),
+        "beta": Tolerance(
+            EPS["float32"],
+            0.0,
+            "beta = nu / delta(conv1) = 2.03 rounds to the same float32 on both sides",
+        ),
         "update": Tolerance(
             1e-3,
-            1.9e-4,
-            "KFAC fc layer: D = G^-1 G_W A^-1 with a rank-4 A (batch 4) and pi-damping, cond ~1e3",
+            2.0e-4,
+            "KFAC classifier: both float32 sides are ~1e-4 "
+            "from float64 (cond ~1e3 of the pi-damped rank-4 A)",
         ),
-        "momentum": Tolerance(1e-3, 1.9e-4, "one-step D errors (re-anchored every step)"),
-        "trajectory": Tolerance(6e-5, 5.3e-6, "lr 2^-8 times the D errors, relative to w"),
-        "final": Tolerance(5e-5, 4.8e-6, "as inverses, after 4 factor updates"),
+        "momentum": Tolerance(1e-3, 2.0e-4, _STEP),
+        "trajectory": Tolerance(5e-5, 5.3e-6, _TRAJ),
+        "final": Tolerance(4e-5, 4.2e-6, "as inverses, after 4 factor updates"),
     },
     "resnet20": {
-        "forward": Tolerance(4e-6, 3.7e-7, _F32_SUM),
-        "stats": Tolerance(2e-5, 1.4e-6, _F32_SUM + "; BatchNorm backward"),
-        "factors": Tolerance(1e-5, 9.6e-7, _F32_SUM),
-        "inverses": Tolerance(2e-5, 1.3e-6, "Cholesky in float32; damped, cond ~1e1"),
-        "beta": Tolerance(EPS["float32"], 0.0, "all conv deltas above nu: beta = 1 exactly"),
-        "update": Tolerance(
-            2e-4, 1.2e-5, "gradients through 19 BatchNorms, then two float32 inverses"
-        ),
-        "momentum": Tolerance(2e-4, 1.8e-5, "one-step D errors (re-anchored every step)"),
-        "trajectory": Tolerance(
-            4e-5, 3.8e-6, "lr 2^-8 times the D errors, relative to w; BN running statistics"
-        ),
-        "final": Tolerance(2e-5, 1.4e-6, "as factors and inverses, after 4 factor updates"),
+        "forward": Tolerance(3e-6, 3.7e-7, _F32),
+        "stats": Tolerance(1e-5, 1.4e-6, _F32 + "; u through up to 19 BatchNorm backwards"),
+        "factors": Tolerance(8e-6, 9.7e-7, _F32),
+        "inverses": Tolerance(8e-6, 9.4e-7, "float32 Cholesky of damped factors, cond ~1e1"),
+        "beta": Tolerance(2e-6, 2.1e-7, "beta = nu / min conv delta (= 9.3) in float32"),
+        "update": Tolerance(1e-4, 1.3e-5, _D32 + "; worst: the classifier bias"),
+        "momentum": Tolerance(1e-4, 1.9e-5, _STEP),
+        "trajectory": Tolerance(3e-6, 3.8e-7, _TRAJ + "; BN running statistics"),
+        "final": Tolerance(1e-5, 1.4e-6, "as factors and inverses, after 4 factor updates"),
     },
     "vgg16_bn": {
-        "forward": Tolerance(3e-5, 2.3e-6, _F32_SUM),
-        "stats": Tolerance(2e-4, 2.0e-5, _F32_SUM + "; 32x32 maps: 4096-row im2col sums"),
-        "factors": Tolerance(8e-5, 7.2e-6, _F32_SUM),
-        "inverses": Tolerance(2e-5, 1.9e-6, "Cholesky of 4608 x 4608 damped factors"),
-        "beta": Tolerance(EPS["float32"], 0.0, "all conv deltas above nu: beta = 1 exactly"),
-        "update": Tolerance(
-            3e-4, 2.8e-5, "gradients through 13 BatchNorms, then two 4608-dim float32 inverses"
+        "forward": Tolerance(2e-5, 2.4e-6, _F32 + "; 13 conv-BN layers, 4608-term sums"),
+        "stats": Tolerance(
+            1e-4, 2.2e-5, _F32 + "; 4096-location im2col sums; the issue's 1e-4 cap binds (4.7x)"
         ),
-        "momentum": Tolerance(3e-4, 2.8e-5, "one-step D errors (re-anchored every step)"),
-        "trajectory": Tolerance(2e-5, 1.9e-6, "lr 2^-8 times the D errors, relative to w"),
-        "final": Tolerance(8e-5, 7.2e-6, "as factors and inverses, after 4 factor updates"),
+        "factors": Tolerance(1e-4, 1.2e-5, _F32 + "; the 1e-4 cap binds (8.8x)"),
+        "inverses": Tolerance(2e-5, 2.6e-6, "float32 Cholesky of 4608 x 4608 damped factors"),
+        "beta": Tolerance(2e-6, 2.4e-7, "beta = nu / min conv delta in float32"),
+        "update": Tolerance(1e-3, 1.4e-4, _D32 + "; worst: KFAC's classifier bias"),
+        "momentum": Tolerance(1e-3, 1.4e-4, _STEP + "; " + _FLIP),
+        "trajectory": Tolerance(8e-5, 8.1e-6, _TRAJ + "; " + _FLIP),
+        "final": Tolerance(
+            1e-4,
+            3.8e-5,
+            "as factors and inverses after 4 factor updates; the 1e-4 cap binds (2.7x)",
+        ),
     },
 }
 
