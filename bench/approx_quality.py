@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None) -> dict:
     fig.savefig(fig2, dpi=110)
     pyplot.close(fig)
     name, exact, approx, at = first_layer
+    summary["fig1_first_layer_relative_error"] = float(
+        np.linalg.norm(exact - approx) / np.linalg.norm(exact)
+    )
+    summary["fig1_iteration"] = int(at)
     fig1 = img / "approx_fig1_heatmaps.png"
     heatmaps(
         exact,
