@@ -189,4 +189,7 @@ def test_step_time_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "(d) amortized, T_FIM = T_INV = 100" in text
     assert res["momentum_s"] > 0 and all(v > 0 for v in res["median_s"].values())
+    # every timed TKFAC step was applied (a diverged run times skipped steps instead)
+    assert res["valid"] and all(math.isfinite(v) for v in res["losses"])
+    assert all(res["min_s"][k] <= res["median_s"][k] for k in res["median_s"])
     assert json.loads((tmp_path / "st.json").read_text())["layers"] == 3
