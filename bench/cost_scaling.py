@@ -28,6 +28,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,10 +70,34 @@ def scaling_net(width: int, classes: int = 10):
     return ScalingNet()
 
 
-def run_ratios(models: list[str], steps: int, results: Path) -> dict:
+def parse_model(spec: str) -> tuple[str, int, int]:
+    """``name`` (its ``RATIO_SETTINGS``) or ``name@NxH`` (batch ``N``, input ``H x H``)."""
+    name, _, setting = spec.partition("@")
+    if name not in RATIO_SETTINGS:
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join(RATIO_SETTINGS)}")
+    if not setting:
+        return (name, *RATIO_SETTINGS[name])
+    batch, _, size = setting.partition("x")
+    return name, int(batch), int(size)
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of a process (KiB) from ``/proc``; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_ratios(models: list[str], steps: int, results: Path, max_rss_gib: float) -> dict:
+    """Each network in its own ``step_time.py`` process, killed above ``max_rss_gib``."""
     out = {}
-    for model in models:
-        batch, size = RATIO_SETTINGS[model]
+    for spec in models:
+        model, batch, size = parse_model(spec)
+        key = f"{model}@{batch}x{size}"
         path = results / f".step_time_{model}.json"
         cmd = [
             sys.executable,
@@ -89,22 +114,49 @@ def run_ratios(models: list[str], steps: int, results: Path) -> dict:
             str(path),
         ]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
+            proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True)
+            peak, killed = 0, False
+            while proc.poll() is None:
+                peak = max(peak, _rss_kib(proc.pid))
+                if peak > max_rss_gib * 2**20:
+                    proc.kill()
+                    killed = True
+                    proc.wait()
+                    break
+                time.sleep(0.2)
+            fout.seek(0)
+            ferr.seek(0)
+            stdout, stderr = fout.read(), ferr.read()
         wall = time.perf_counter() - t0
-        table = [ln for ln in proc.stdout.splitlines() if not ln.startswith("[WARNING")]
+        peak_gib = peak / 2**20
+        table = [ln for ln in stdout.splitlines() if not ln.startswith("[WARNING")]
         print("\n".join(table), flush=True)
         if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
+            lines = stderr.strip().splitlines()
             errors = [ln for ln in lines if "Error" in ln or "memory" in ln.lower()]
             tail = "\n".join((errors or lines)[-3:])
-            print(f"{model}: step_time.py failed (exit {proc.returncode}): {tail}", flush=True)
-            out[model] = {"failed": proc.returncode, "stderr_tail": tail, "wall_s": wall}
+            if killed:
+                tail = f"killed by cost_scaling.py: resident memory passed {max_rss_gib} GiB"
+            print(
+                f"{key}: step_time.py failed (exit {proc.returncode}, peak resident memory "
+                f"{peak_gib:.1f} GiB after {wall:.0f} s): {tail}",
+                flush=True,
+            )
+            out[key] = {
+                "failed": proc.returncode,
+                "killed_over_max_rss": killed,
+                "peak_rss_gib_polled": peak_gib,
+                "stderr_tail": tail,
+                "wall_s": wall,
+            }
             continue
         res = json.loads(path.read_text())
         path.unlink()
         res["wall_s"] = wall
+        res["peak_rss_gib_polled"] = peak_gib
         res["stdout"] = table
-        out[model] = res
+        out[key] = res
     return out
 
 
@@ -233,16 +285,17 @@ def plot_scaling(scaling: dict, path: Path) -> None:
         sel = [r for r in scaling["rows"] if all(r[k] == base[k] for k in base if k != key)]
         sel.sort(key=lambda r: r[key])
         xs = [r[key] for r in sel]
-        for field, label, color in (
-            ("momentum_s", "Momentum step", "tab:gray"),
-            ("factor_cost_s", "TKFAC factor update (extra)", "tab:red"),
-            ("inverse_cost_s", "TKFAC inverse update (extra)", "tab:blue"),
-            ("precondition_overhead_s", "TKFAC plain step - Momentum", "tab:green"),
+        for field, label, color, style in (
+            ("momentum_s", "Momentum step", "tab:gray", "-"),
+            ("plain_tkfac_s", "TKFAC step without updates", "tab:green", "--"),
+            ("factor_cost_s", "TKFAC factor update (extra)", "tab:red", "-"),
+            ("inverse_cost_s", "TKFAC inverse update (extra)", "tab:blue", "-"),
         ):
             ys = np.array([r["min"][field] for r in sel]) * 1e3
-            slope = scaling["slopes"][key].get("min." + field)
+            ok = ys > 0
+            slope = np.polyfit(np.log(xs)[ok], np.log(ys[ok]), 1)[0] if ok.sum() >= 2 else None
             tag = "" if slope is None else f" (slope {slope:.2f})"
-            ax.plot(xs, np.maximum(ys, 1e-2), marker="o", color=color, label=label + tag)
+            ax.plot(np.array(xs)[ok], ys[ok], marker="o", ls=style, color=color, label=label + tag)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(names[key])
@@ -252,9 +305,8 @@ def plot_scaling(scaling: dict, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.suptitle(
-        "Cost scaling on a 3-conv net (2-core CPU, fastest sample of each step kind, negative "
-        "differences clipped to 0.01 ms): expected slopes factor update 2/1/2, inverses 3/0/0 "
-        "in C/N/H"
+        "Cost scaling on a 3-conv net, 2-core CPU (fastest sample of each step kind); FLOP "
+        "count slopes: statistics 2/1/2, inverses 3/0/0 in C/N/H"
     )
     fig.savefig(path, dpi=105)
     pyplot.close(fig)
@@ -294,8 +346,17 @@ def main(argv: list[str] | None = None) -> dict:
         help="networks of the step-time ratios (resnet50: needs more than 24 GB with TKFAC)",
     )
     parser.add_argument("--memory-models", default="resnet20,vgg16_bn,resnet50")
+    parser.add_argument(
+        "--max-rss-gib",
+        type=float,
+        default=18.0,
+        help="kill a step-time process whose resident memory passes this (GiB)",
+    )
     parser.add_argument("--steps", type=int, default=24, help="TKFAC steps timed per setting")
     parser.add_argument("--quick", action="store_true", help="two points per sweep (smoke)")
+    parser.add_argument(
+        "--from-json", default=None, help="only redraw the figures of this results file"
+    )
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--img", default=str(IMG))
     args = parser.parse_args(argv)
@@ -303,12 +364,19 @@ def main(argv: list[str] | None = None) -> dict:
     models = [m for m in args.models.split(",") if m]
     memory_models = [m for m in args.memory_models.split(",") if m]
     if any(p not in ("ratios", "scaling", "memory") for p in parts) or any(
-        m not in RATIO_SETTINGS for m in models + memory_models
+        m not in RATIO_SETTINGS for m in [s.partition("@")[0] for s in models] + memory_models
     ):
         raise SystemExit(
             "Usage: cost_scaling.py [--parts ratios,scaling,memory] "
             f"[--models {','.join(RATIO_SETTINGS)}]"
         )
+    if args.from_json:
+        old = json.loads(Path(args.from_json).read_text())
+        if "scaling" in old:
+            plot_scaling(old["scaling"], Path(args.img) / "cost_scaling.png")
+        if "memory" in old:
+            plot_memory(old["memory"], Path(args.img) / "cost_memory.png")
+        return old
     t_start = time.perf_counter()
     info = provenance(argv)
     results, img = Path(args.results), Path(args.img)
@@ -328,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
         for key, s in out["scaling"]["slopes"].items():
             print(f"log-log slope in {key}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
     if "ratios" in parts:
-        out["ratios"] = run_ratios(models, args.steps, results)
+        out["ratios"] = run_ratios(models, args.steps, results, args.max_rss_gib)
     finish(out, t_start)
     name = (
         "cost_scaling.json"
