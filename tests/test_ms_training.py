@@ -90,6 +90,31 @@ def test_checkpoint_resume_gives_identical_trajectory(tmp_path):
     assert any(".tkfac.a_inv" in n for n in final_a) and "global_step" in final_a
 
 
+@pytest.mark.parametrize("approximation", ["tkfac_new", "kfac"])
+def test_loading_a_checkpoint_into_a_cell_that_has_trained_rewinds_it(tmp_path, approximation):
+    """``load_checkpoint`` into the same, already-compiled cell: every Parameter (weights,
+    BatchNorm statistics, momentum, factors, inverses, step) must take the loaded value."""
+    _, opt, cell = build(approximation=approximation)
+    for step in range(3):
+        cell(*batch(step))
+    ckpt = str(tmp_path / "rewind.ckpt")
+    ms.save_checkpoint(cell, ckpt)
+    saved = snapshot(cell)
+    losses_a = [float(cell(*batch(step)).asnumpy()) for step in range(3, 7)]
+    final_a = snapshot(cell)
+
+    ms.load_checkpoint(ckpt, cell)
+    loaded = snapshot(cell)
+    for name in saved:
+        np.testing.assert_array_equal(loaded[name], saved[name], err_msg=name)
+    assert int(opt.tkfac_step.asnumpy()[0]) == 3
+    losses_b = [float(cell(*batch(step)).asnumpy()) for step in range(3, 7)]
+    final_b = snapshot(cell)
+    assert losses_a == losses_b
+    for name in final_a:
+        np.testing.assert_array_equal(final_b[name], final_a[name], err_msg=name)
+
+
 def test_nonfinite_step_changes_nothing_and_is_counted():
     _, opt, cell = build()
     cell(*batch(0))

@@ -491,13 +491,8 @@ def test_mindspore_pad_gradient_upstream_bug():
         np.testing.assert_array_equal(got, w[:, 1:2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tkfac_ms: once a TKFACTrainOneStepCell has run, later "
-    "steps ignore Parameter.set_data on any trainable parameter (plain "
-    "nn.TrainOneStepCell honours it); ops.assign works. Reported, not yet fixed.",
-)
 def test_set_data_after_a_training_step_takes_effect():
+    """Finding 2 of docs/parity.md (fixed): host-side set_data after the cell has run."""
     net = nn.SequentialCell([nn.Dense(12, 5), nn.ReLU(), nn.Dense(5, 3)])
     opt = tkfac_ms.TKFAC(net, 0.1, momentum=0.0, fisher="empirical", damping=0.1)
     loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))

@@ -33,14 +33,20 @@ _NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.
 _apply_update = ops.MultitypeFuncGraph("tkfac_apply_update")
 
 
-@_apply_update.register("Tensor", "Number", "Number", "Tensor", "Tensor", "Tensor")
-def _momentum_step(lr, momentum, weight_decay, weight, moment, d):
-    """Spec Sec. 5 steps 4-5: ``D += wd w``; ``v = tau v + D``; ``w -= lr v``."""
+@_apply_update.register("Tensor", "Number", "Tensor", "Number", "Tensor", "Tensor", "Tensor")
+def _momentum_step(lr, momentum, apply, weight_decay, weight, moment, d):
+    """Spec Sec. 5 steps 4-5: ``D += wd w``; ``v = tau v + D``; ``w -= lr v``.
+
+    Where ``apply`` is false (a non-finite step), ``v`` and ``w`` keep their values: selected,
+    not branched on, so NaN/Inf in ``d`` cannot leak in.
+    """
     if weight_decay != 0.0:
         d = d + _math.const(weight_decay, weight) * weight
     v = _math.const(momentum, moment) * moment + d
+    v = ops.select(ops.broadcast_to(apply, v.shape), v, moment)
     v = ops.depend(v, ops.assign(moment, v))
-    return ops.assign(weight, weight - ops.cast(lr, weight.dtype) * v)
+    w = weight - ops.cast(lr, weight.dtype) * v
+    return ops.assign(weight, ops.select(ops.broadcast_to(apply, w.shape), w, weight))
 
 
 def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:
@@ -293,19 +299,33 @@ class TKFAC(nn.Optimizer):
 
     def construct(self, gradients):
         """Spec Sec. 5 steps 2-6 with this step's gradients (in ``self.parameters`` order)."""
-        lr = self.get_lr()
         if self.is_inverse_step():
             self.update_inverses()
+        return self.apply_step(gradients, ops.ones((), mstype.bool_))
+
+    def apply_step(self, gradients, apply):
+        """Spec Sec. 5 steps 3-6 (inverses already updated) if the scalar bool ``apply`` is true.
+
+        The train cell calls this with ``apply = not overflow``; a false ``apply`` leaves the
+        parameters, momenta and step counter as they were. It is branch-free on purpose (the
+        skip is a selection, the inverse update is the caller's): in MindSpore 2.10 (CPU,
+        GRAPH_MODE), a second tensor-conditioned ``if`` next to the train cell's ``if`` that
+        computes the gradients makes the compiled graph bind the parameters to private copies,
+        so that a host-side ``Parameter.set_data`` / ``load_checkpoint`` into a cell that has
+        already run is silently ignored (docs/design.md, tests/test_ms_training.py).
+        """
+        lr = self.get_lr()
         updates = self.precondition(gradients)
         if self.kl_clip is not None:
             nu = self.kl_scale(updates, gradients, lr)
             updates = tuple(u * ops.cast(nu, u.dtype) for u in updates)
         success = self.hyper_map(
-            ops.partial(_apply_update, lr, self.momentum_value),
+            ops.partial(_apply_update, lr, self.momentum_value, apply),
             self.decay_values,
             self._parameters,
             self.moments,
             updates,
         )
-        ops.assign_add(self.global_step, self.global_step_increase_tensor)
+        step = self.global_step_increase_tensor * ops.cast(apply, mstype.int32)
+        ops.assign_add(self.global_step, step)
         return success

@@ -91,6 +91,28 @@ def _copy_into(targets, sources, after=None):
     return done
 
 
+def _read_each(params):
+    """One element of every Parameter, read at the top level of the step's graph.
+
+    MindSpore 2.10 (GRAPH_MODE, CPU) gives a Parameter that the compiled graph first touches
+    inside a tensor-conditioned branch a private copy: after a host-side ``set_data`` (as done by
+    ``load_checkpoint`` into a cell that has already run) the branch keeps reading and writing
+    the old buffer, and the new value is silently ignored. Reading every Parameter before any
+    branch (a real read: ``ops.depend`` on the Parameter itself is not enough) avoids it; the
+    cost is one one-element slice per Parameter. Test:
+    ``test_loading_a_checkpoint_into_a_cell_that_has_trained_rewinds_it``.
+    """
+    return tuple(p.reshape(-1)[0] for p in params)
+
+
+def _restore_if(condition, targets, backups):
+    """``target = backup if condition else target`` for every pair, without a branch."""
+    done = ()
+    for t, b in zip(targets, backups):
+        done += (ops.assign(t, ops.select(ops.broadcast_to(condition, t.shape), b, t)),)
+    return done
+
+
 class _BatchStatistics(nn.Cell):
     """The probe gradients of one batch, leaving every parameter and buffer as it was."""
 
@@ -215,6 +237,7 @@ class TKFACTrainOneStepCell(nn.Cell):
         self.nonfinite_steps = Parameter(
             Tensor(0, mstype.int32), name="tkfac.nonfinite_steps", requires_grad=False
         )
+        self.all_parameters = ParameterTuple(list(self.get_parameters()))
         parallel = _get_parallel_mode() in (
             ParallelMode.DATA_PARALLEL,
             ParallelMode.HYBRID_PARALLEL,
@@ -295,27 +318,34 @@ class TKFACTrainOneStepCell(nn.Cell):
         finite = amp.all_finite(grads + stats)
         if finite:
             self.optimizer.update_factors(stats, total, c * c)
+            if self.optimizer.is_inverse_step():
+                self.optimizer.update_inverses()
         return loss, grads, finite
 
     def construct(self, data, label, sampled_label=None):
         """One training step (spec Sec. 5); returns the loss."""
+        data = ops.depend(data, _read_each(self.all_parameters))
         data = ops.depend(data, _copy_into(self.step_backup, self.buffers))
         scale = self.scale_sense
         count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
         capture = self.optimizer.is_factor_step()
         # The forward runs inside each branch, so that the compiler shares it with the backward
         # (a forward outside the branch would be computed twice).
+        # Spec Sec. 5 steps 1-2 (factors, then inverses) are nested in this one branch: see
+        # TKFAC.apply_step for why no second ``if`` may follow it.
         if capture:
             loss, grads, finite = self._capture_step(data, label, sampled_label, scale, count)
         else:
             loss, grads = self._weight_grads(data, label, scale)
             finite = amp.all_finite(grads)
+            if ops.logical_and(finite, self.optimizer.is_inverse_step()):
+                self.optimizer.update_inverses()
         overflow = ops.logical_not(finite)
         if self.loss_scaling_manager is not None:
             overflow = self.loss_scaling_manager(self.scale_sense, overflow)
-        if overflow:
-            ops.assign_add(self.nonfinite_steps, ops.ones((), mstype.int32))
-            _copy_into(self.buffers, self.step_backup)
-        else:
-            self.optimizer(grads)
+        # A skipped step is counted, its buffer updates undone and the optimizer step masked,
+        # all without a branch (see TKFAC.apply_step).
+        ops.assign_add(self.nonfinite_steps, ops.cast(overflow, mstype.int32))
+        _restore_if(overflow, self.buffers, self.step_backup)
+        self.optimizer.apply_step(grads, ops.logical_not(overflow))
         return loss
