@@ -132,8 +132,10 @@ def _case_markdown(res: CaseResult) -> str:
         f"# Parity: {c.model} / {c.approximation}\n\n"
         f"batch {c.batch}, {c.image_size}x{c.image_size}, {c.steps} steps, "
         f"{'float64' if c.float64 else 'float32'}, "
-        f"{'re-anchored' if c.resync else 'free-running'}; smallest kink margin "
-        f"{_fmt(res.min_margin)} ({res.draws} batches drawn); {res.seconds:.0f} s.\n\n"
+        f"{'re-anchored' if c.resync else 'free-running'}; {res.draws} batches drawn, "
+        f"ReLU/max-pool branches differing between MindSpore, torch float32 and float64 in "
+        f"the batches used: {'-' if res.flips is None else res.flips}; smallest kink margin "
+        f"{_fmt(res.min_margin)}; {res.seconds:.0f} s.\n\n"
     )
     return head + markdown(case_table(res))
 
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".md").write_text(_case_markdown(res))
         if not args.quiet:
             print(
-                f"\n== {case.label}  ({res.seconds:.0f} s, smallest kink margin "
+                f"\n== {case.label}  ({res.seconds:.0f} s, {res.draws} batches drawn, "
+                f"branch flips {'-' if res.flips is None else res.flips}, smallest kink margin "
                 f"{_fmt(res.min_margin)})"
             )
             print(text(case_table(res)), end="")

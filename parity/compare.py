@@ -39,13 +39,18 @@ nets in float32 (MindSpore's CPU convolution has no float64 kernel).
 
 Two measures keep the float32 comparisons about the port and not about chaos:
 
-* **Batches away from kinks.** ReLU and max pooling are not differentiable at ties. When a ReLU
-  input or the gap between the two largest values of a pooling window lies within float32
-  rounding of 0, the two frameworks can take different branches, and one such flip changes a
-  gradient by ~1e-2 (measured on ResNet-20). So a float32 batch is used only if, evaluated in
-  float64 on torch's current weights, every ReLU input and every pooling gap is at least
-  ``kink_margin`` times the largest value of its tensor; otherwise the next random batch is
-  drawn (at most ``max_draws``; the smallest margin seen is reported).
+* **Batches on which both frameworks take the same branches.** ReLU and max pooling are not
+  differentiable at ties. When a ReLU input or the gap between the two largest values of a
+  pooling window lies within float32 rounding of 0, the two frameworks can take different
+  branches, and one such flip on VGG16's 2x2 stage changes the momentum of a layer by 5.5e-2
+  (torch float32 against torch float64 by as much: docs/parity.md). So a float32 batch is used
+  only if, on torch's current weights (BatchNorm in train mode), the ReLU masks and the
+  max-pool argmaxes of MindSpore float32, torch float32 and torch float64 are identical at
+  every call (:class:`BranchProbe`; the float32 rounding error grows from ~2e-7 of a tensor's
+  largest value at VGG16's first layer to ~1e-5 at its last, so no fixed margin would do);
+  otherwise the next random batch is drawn (at most ``max_draws``; the disagreements left in
+  the batches used, 0 in every published run, and the smallest relative kink distance are
+  reported).
 * **Re-anchoring** (``resync``, on for float32 nets). After each step is compared, MindSpore's
   weights, BatchNorm statistics and momentum buffers are overwritten with torch's, so every
   step starts from the same point and its difference is the port's own one-step error. The
@@ -94,7 +99,9 @@ __all__ = [
     "NU",
     "Case",
     "CaseResult",
+    "BranchProbe",
     "Row",
+    "branch_disagreements",
     "group_of",
     "kink_margin",
     "load_result",
@@ -143,10 +150,13 @@ class Case:
     num_classes: int = 10
     #: Re-anchor MindSpore on torch after every step (module docstring); None: float32 nets.
     resync: bool | None = None
-    #: Minimal relative distance of a float32 batch to a ReLU / max-pool kink; 0 disables.
-    kink_margin: float = 3e-7
-    #: Batches tried per step before the one with the largest margin is taken anyway.
-    max_draws: int = 30
+    #: Draw float32 batches until MindSpore float32, torch float32 and torch float64 agree on
+    #: every ReLU mask and max-pool argmax (:class:`BranchProbe`); False: first draw.
+    branch_check: bool = True
+    #: Additionally, the smallest relative distance to a kink (:func:`kink_margin`); 0: off.
+    kink_margin: float = 0.0
+    #: Batches tried per step before the one with the fewest disagreements is taken anyway.
+    max_draws: int = 60
     #: Which Fisher's batch statistics to compare (each one more MindSpore graph to compile).
     statistics: tuple[str, ...] = ("empirical", "true")
     #: Multiplies MindSpore's damping only: a deliberately broken run, for the tests that show
@@ -252,9 +262,13 @@ class CaseResult:
     Attributes:
         case: the configuration.
         rows: one per (layer, quantity).
-        min_margin: the smallest kink margin of the float32 batches used (None: float64 run).
+        min_margin: the smallest kink margin (:func:`kink_margin`) of the float32 batches used
+            (None: float64 run). Informative: the float32 forward error of a deep layer is
+            larger, which is why batches are chosen by ``flips``.
         draws: how many batches were drawn in all (``steps`` when every first draw was good).
         seconds: wall-clock time of the whole case.
+        flips: ReLU-mask and max-pool-argmax disagreements between MindSpore float32, torch
+            float32 and torch float64 summed over the batches used (None: not checked).
     """
 
     case: Case
@@ -262,6 +276,7 @@ class CaseResult:
     min_margin: float | None = None
     draws: int = 0
     seconds: float = 0.0
+    flips: int | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready dict."""
@@ -269,6 +284,7 @@ class CaseResult:
             "case": asdict(self.case),
             "min_margin": self.min_margin,
             "draws": self.draws,
+            "flips": self.flips,
             "seconds": round(self.seconds, 1),
             "rows": [r.as_dict() for r in self.rows],
         }
@@ -282,7 +298,14 @@ def load_result(path: str | Path) -> CaseResult:
     rows = [
         Row(**{k: v for k, v in r.items() if k not in ("group", "passed")}) for r in data["rows"]
     ]
-    return CaseResult(Case(**case), rows, data["min_margin"], data["draws"], data["seconds"])
+    return CaseResult(
+        Case(**case),
+        rows,
+        data["min_margin"],
+        data["draws"],
+        data["seconds"],
+        data.get("flips"),
+    )
 
 
 #: Tolerance groups, in table order: quantity prefix -> group (first match wins).
@@ -344,6 +367,49 @@ def rel_err(x, ref) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- kinks
 
 
+def _torch_kink_inputs(model: torch.nn.Module, x: np.ndarray, dtype: torch.dtype) -> list:
+    """``(module, input)`` of every ``nn.ReLU`` and ``nn.MaxPool2d`` call, in call order.
+
+    On a copy of ``model`` in ``dtype`` and in its current train/eval mode (a train-mode
+    BatchNorm updates only the copy's running statistics).
+    """
+    probe = copy.deepcopy(model).to(dtype)
+    calls: list[tuple[torch.nn.Module, np.ndarray]] = []
+
+    def hook(module, inputs, _output):
+        calls.append((module, inputs[0].detach().to(torch.float64).numpy().copy()))
+
+    for module in probe.modules():
+        if isinstance(module, torch.nn.ReLU | torch.nn.MaxPool2d):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        probe(torch.from_numpy(x).to(dtype))
+    return calls
+
+
+def _windows(v: np.ndarray, module: torch.nn.MaxPool2d) -> np.ndarray:
+    """``[N, C, windows, k*k]``: the pooling windows of ``v`` (no padding, no dilation)."""
+    k, s = module.kernel_size, module.stride
+    k = (k, k) if isinstance(k, int) else tuple(k)
+    s = (s, s) if isinstance(s, int) else tuple(s)
+    t = torch.from_numpy(v).unfold(2, k[0], s[0]).unfold(3, k[1], s[1])
+    return t.reshape(*v.shape[:2], -1, k[0] * k[1]).numpy()
+
+
+def _call_margin(module: torch.nn.Module, v: np.ndarray) -> float | None:
+    """Relative kink distance of one call (see :func:`kink_margin`); None: nothing live."""
+    scale = float(np.abs(v).max())
+    if scale == 0:
+        return None
+    if isinstance(module, torch.nn.ReLU):
+        return float(np.abs(v).min() / scale)
+    win = np.sort(_windows(v, module), axis=-1)
+    live = win[..., -1] > 0
+    if not live.any():
+        return None
+    return float((win[..., -1] - win[..., -2])[live].min() / scale)
+
+
 def kink_margin(model: torch.nn.Module, x: np.ndarray) -> float:
     """How far a batch is from the non-differentiable points of a ReLU / max-pool net.
 
@@ -355,40 +421,103 @@ def kink_margin(model: torch.nn.Module, x: np.ndarray) -> float:
     Returns:
         The margin in ``[0, 1]``; 1.0 for a net without ReLU or max pooling.
     """
-    probe = copy.deepcopy(model).double()
-    margins: list[float] = []
+    margins = [_call_margin(m, v) for m, v in _torch_kink_inputs(model, x, torch.float64)]
+    return min((m for m in margins if m is not None), default=1.0)
 
-    def relu_hook(_module, inputs, _output):
-        v = inputs[0].detach().abs()
-        margins.append(float(v.min() / v.max()) if float(v.max()) > 0 else 1.0)
 
-    def pool_hook(module, inputs, _output):
-        v = inputs[0].detach()
-        k, s = module.kernel_size, module.stride
-        k = (k, k) if isinstance(k, int) else tuple(k)
-        s = (s, s) if isinstance(s, int) else tuple(s)
-        win = v.unfold(2, k[0], s[0]).unfold(3, k[1], s[1]).reshape(*v.shape[:2], -1, k[0] * k[1])
-        top = win.topk(2, dim=-1).values
-        live = top[..., 0] > 0
-        scale = float(v.abs().max())
-        if bool(live.any()) and scale > 0:
-            margins.append(float((top[..., 0] - top[..., 1])[live].min() / scale))
+def _branches(module: torch.nn.Module, v: np.ndarray) -> np.ndarray:
+    """The branch each element takes: the ReLU mask, or the argmax of each pooling window."""
+    if isinstance(module, torch.nn.ReLU):
+        return v > 0
+    return _windows(v, module).argmax(axis=-1)
 
-    hooks = []
-    for module in probe.modules():
-        if isinstance(module, torch.nn.ReLU):
-            hooks.append(module.register_forward_hook(relu_hook))
-        elif isinstance(module, torch.nn.MaxPool2d):
-            hooks.append(module.register_forward_hook(pool_hook))
-    with torch.no_grad():
-        probe(torch.from_numpy(x).double())
-    for h in hooks:
-        h.remove()
-    return min(margins, default=1.0)
+
+def branch_disagreements(
+    modules: list[torch.nn.Module], *opinions: list[np.ndarray], live: list[np.ndarray]
+) -> list[int]:
+    """Per ReLU / max-pool call, how many elements (windows) differ in any two opinions.
+
+    Args:
+        modules: the torch module of each call (``nn.ReLU`` or ``nn.MaxPool2d``).
+        opinions: per framework/precision, the input of each call.
+        live: per call, the input that decides which pooling windows count (those whose
+            maximum is positive: a window of ReLU zeros passes no gradient whichever element
+            wins); ignored for ReLU calls.
+    """
+    out = []
+    for i, module in enumerate(modules):
+        branches = [_branches(module, op[i]) for op in opinions]
+        differ = np.zeros(branches[0].shape, dtype=bool)
+        for b in branches[1:]:
+            differ |= b != branches[0]
+        if isinstance(module, torch.nn.MaxPool2d):
+            differ &= _windows(live[i], module).max(axis=-1) > 0
+        out.append(int(differ.sum()))
+    return out
+
+
+class BranchProbe:
+    """ReLU masks and max-pool argmaxes of MindSpore float32, torch float32, torch float64.
+
+    Holds a model-zoo MindSpore net of its own (never trained, so ``set_data`` works) into
+    which torch's current weights and BatchNorm statistics are copied for each batch; its
+    ReLU / max-pool inputs are recorded by forward hooks in PyNative mode (the mode is
+    switched back to GRAPH_MODE afterwards; PyNative and GRAPH_MODE logits of a train-mode
+    net are bitwise equal on CPU).
+    """
+
+    def __init__(self, case: Case):
+        from model_zoo.src.models import create_model
+
+        self.net = create_model(case.model, case.num_classes, **case.model_kwargs)
+        self.net.set_train(True)
+        self.params = {p.name: p for p in self.net.get_parameters()}
+        self.bn = batchnorm_prefixes(self.net)
+        self._calls: list[np.ndarray] = []
+        for _, cell in self.net.cells_and_names():
+            if isinstance(cell, nn.ReLU | nn.MaxPool2d):
+                cell.register_forward_hook(self._hook)
+
+    def _hook(self, _cell, inputs, _output):
+        self._calls.append(inputs[0].asnumpy().astype(np.float64))
+
+    def mindspore_inputs(self, model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
+        """Inputs of every ReLU / max-pool call of MindSpore's forward on torch's weights."""
+        for name, value in _torch_params(model, self.bn).items():
+            self.params[name].set_data(Tensor(value))
+        self._calls = []
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            self.net(Tensor(x))
+        finally:
+            ms.set_context(mode=ms.GRAPH_MODE)
+        return self._calls
+
+    def check(self, model: torch.nn.Module, x: np.ndarray) -> tuple[list[int], float]:
+        """``(disagreements per call, kink_margin)`` of batch ``x`` on torch's weights."""
+        t32 = _torch_kink_inputs(model, x, torch.float32)
+        t64 = _torch_kink_inputs(model, x, torch.float64)
+        ms32 = self.mindspore_inputs(model, x)
+        if len(ms32) != len(t64) or any(
+            a.shape != b.shape for a, (_, b) in zip(ms32, t64, strict=False)
+        ):
+            raise RuntimeError(
+                f"ReLU / max-pool calls differ: MindSpore {[a.shape for a in ms32]} vs "
+                f"torch {[b.shape for _, b in t64]}"
+            )
+        modules = [m for m, _ in t64]
+        v64 = [v for _, v in t64]
+        flips = branch_disagreements(modules, v64, [v for _, v in t32], ms32, live=v64)
+        margins = [_call_margin(m, v) for m, v in t64]
+        return flips, min((m for m in margins if m is not None), default=1.0)
 
 
 class _Batches:
-    """Random batches for the steps; float32 ones are drawn until they clear the kink margin."""
+    """Random batches for the steps.
+
+    Float32 ones are drawn until both frameworks agree on every ReLU / max-pool branch (and,
+    if asked, clear the kink margin).
+    """
 
     def __init__(self, case: Case):
         self.case = case
@@ -396,6 +525,8 @@ class _Batches:
         self.dtype = np.float64 if case.float64 else np.float32
         self.draws = 0
         self.min_margin: float | None = None
+        self.flips: int | None = None
+        self.probe = BranchProbe(case) if case.branch_check and not case.float64 else None
 
     def _draw(self) -> tuple[np.ndarray, np.ndarray]:
         self.draws += 1
@@ -405,20 +536,26 @@ class _Batches:
 
     def next(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
         """The batch for the next step, given torch's current weights."""
-        if self.case.float64 or self.case.kink_margin <= 0:
+        if self.case.float64 or (self.probe is None and self.case.kink_margin <= 0):
             return self._draw()
-        best, best_margin = None, -1.0
+        best, best_key = None, None
         for _ in range(self.case.max_draws):
             batch = self._draw()
-            margin = kink_margin(model, batch[0])
-            if margin > best_margin:
-                best, best_margin = batch, margin
-            if margin >= self.case.kink_margin:
+            if self.probe is not None:
+                per_call, margin = self.probe.check(model, batch[0])
+                flips = sum(per_call)
+            else:
+                flips, margin = 0, kink_margin(model, batch[0])
+            key = (flips, -margin)
+            if best_key is None or key < best_key:
+                best, best_key = batch, key
+            if flips == 0 and margin >= self.case.kink_margin:
                 break
-        self.min_margin = (
-            best_margin if self.min_margin is None else min(self.min_margin, best_margin)
-        )
-        assert best is not None
+        assert best is not None and best_key is not None
+        flips, margin = best_key[0], -best_key[1]
+        self.min_margin = margin if self.min_margin is None else min(self.min_margin, margin)
+        if self.probe is not None:
+            self.flips = flips + (self.flips or 0)
         return best
 
 
@@ -652,6 +789,7 @@ def run_case(
         batches.min_margin,
         batches.draws,
         time.perf_counter() - start,
+        batches.flips,
     )
 
 

@@ -38,9 +38,11 @@ from model_zoo.src.models.name_map import batchnorm_prefixes, torch_to_ms_name
 from parity import __main__ as cli
 from parity.compare import (
     GROUPS,
+    BranchProbe,
     Case,
     CaseResult,
     Row,
+    branch_disagreements,
     group_of,
     kink_margin,
     load_result,
@@ -239,15 +241,15 @@ def test_vgg16_training_step(tmp_path):
     assert {r.group for r in res.rows} >= {"factors", "inverses", "beta", "update"}
 
 
-def test_float32_batches_clear_the_kink_margin(results):
+def test_float32_batches_take_the_same_branches_in_both_frameworks(results):
+    """No ReLU mask or max-pool argmax differs between MindSpore, torch float32 and float64."""
     for case_id, case in CI_CASES.items():
         res = results(case_id)
         if case.float64:
-            assert res.min_margin is None
+            assert res.min_margin is None and res.flips is None
         else:
-            assert res.min_margin is not None and res.min_margin >= case.kink_margin, (
-                f"{case_id}: a batch within {res.min_margin:.1e} of a ReLU/max-pool kink"
-            )
+            assert res.flips == 0, f"{case_id}: {res.flips} ReLU/max-pool branches differ"
+            assert res.draws >= max(case.steps, 1)
 
 
 def test_a_wrong_damping_is_caught():
@@ -411,6 +413,47 @@ def test_kink_margin_sees_relu_and_max_pool_ties():
     x[0, 0, 1, 0] = 0.0  # a ReLU input exactly at the kink
     assert kink_margin(net, x) == 0.0
     assert kink_margin(torch.nn.Sequential(torch.nn.Tanh()), x) == 1.0
+
+
+def test_branch_disagreements_count_relu_and_max_pool_flips():
+    relu, pool = torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2)
+    v = np.array([[[[1.0, -2.0], [0.5, 0.25]]]])
+    w = v.copy()
+    assert branch_disagreements([relu, pool], [v, v], [w, w], live=[v, v]) == [0, 0]
+    w[0, 0, 0, 1] = 2e-7  # one ReLU input on the other side of 0
+    w[0, 0, 1, 0] = 1.5  # a new window maximum
+    assert branch_disagreements([relu, pool], [v, v], [w, w], live=[v, v]) == [1, 1]
+    dead = np.zeros_like(v)  # a window of ReLU zeros routes no gradient: not counted
+    assert branch_disagreements([pool], [dead], [w], live=[dead]) == [0]
+    assert branch_disagreements([relu], [v], [v], [w], live=[v]) == [1]  # any two opinions
+
+
+def test_branch_probe_sees_mindspore_on_torch_weights(tmp_path):
+    """The probe's MindSpore forward runs on torch's current weights and mirrors its calls."""
+    twins = make_twins("small_cnn", tmp_path)
+    twins.torch_model.train()
+    probe = BranchProbe(Case("small_cnn", "kfac"))
+    x = np.random.default_rng(3).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    calls = []
+    hooks = [
+        m.register_forward_hook(lambda _m, i, _o: calls.append(i[0].detach().numpy().copy()))
+        for m in twins.torch_model.modules()
+        if isinstance(m, torch.nn.ReLU | torch.nn.MaxPool2d)
+    ]
+    with torch.no_grad():
+        twins.torch_model(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    ms_calls = probe.mindspore_inputs(twins.torch_model, x)
+    assert ms.get_context("mode") == ms.GRAPH_MODE
+    assert [a.shape for a in ms_calls] == [a.shape for a in calls]
+    for a, b in zip(ms_calls, calls, strict=True):
+        assert rel_err(a, b)[0] < 1e-5
+    flips, margin = probe.check(twins.torch_model, x)
+    assert len(flips) == len(calls) and 0.0 <= margin <= 1.0
+    with torch.no_grad():  # another weight in torch: the probe follows it
+        twins.torch_model.conv1.weight.mul_(-1.0)
+    assert rel_err(probe.mindspore_inputs(twins.torch_model, x)[0], calls[0])[0] > 0.1
 
 
 # --------------------------------------------------------------------------- CLI and script
