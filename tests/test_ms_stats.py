@@ -237,3 +237,84 @@ def test_capture_identities_against_exact_block(case: Case, approximation: str):
     assert rel_err(delta * phi, np.einsum("oioj->ij", f4)) < case.tol, "delta Phi = Tr_out F"
     assert rel_err(delta * psi, np.einsum("oipi->op", f4)) < case.tol, "delta Psi = Tr_in F"
     assert abs(np.trace(phi) - 1) < case.tol and abs(np.trace(psi) - 1) < case.tol
+
+
+# --------------------------------------------------------------------- im2col of the capture
+def _im2col_general(x, kernel, stride, dilation, pads):
+    """Explicit-loop im2col with ``(top, bottom, left, right)`` padding, ``(c, i, j)`` order."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, ho * wo, c * kh * kw), x.dtype)
+    for oy in range(ho):
+        for ox in range(wo):
+            col = [
+                xp[:, ci, oy * sh + i * dh, ox * sw + j * dw]
+                for ci in range(c)
+                for i in range(kh)
+                for j in range(kw)
+            ]
+            out[:, oy * wo + ox, :] = np.stack(col, axis=1)
+    return out
+
+
+class _Patches(nn.Cell):
+    def __init__(self, capture):
+        super().__init__()
+        self.capture = capture
+
+    def construct(self, x):
+        return self.capture.patches(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "pad_mode": "pad", "padding": 1},
+        {"kernel_size": (3, 5), "stride": 2, "pad_mode": "pad", "padding": (1, 0, 2, 1)},
+        {"kernel_size": 3, "stride": 2, "pad_mode": "same"},
+        {"kernel_size": (2, 3), "dilation": 2, "pad_mode": "valid", "has_bias": True},
+        {"kernel_size": 1, "stride": 2, "pad_mode": "valid"},
+    ],
+    ids=["k3_p1", "k3x5_s2_asym", "k3_s2_same", "k2x3_d2_valid_bias", "k1_s2"],
+)
+def test_capture_patches_equal_explicit_im2col(kwargs):
+    """The capture's im2col (a one-hot grouped convolution in float32) against explicit loops."""
+    layer = nn.Conv2d(3, 4, **kwargs)
+    (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
+    x = np.random.default_rng(3).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    got = _Patches(wrapper.capture)(Tensor(x)).asnumpy()
+    cap = wrapper.capture
+    pads = cap.pads
+    if kwargs["pad_mode"] == "same":  # MindSpore: out = ceil(in / stride), odd extra at the end
+        pads = ()
+        for size, k, s in zip(x.shape[2:], cap.kernel_size, cap.stride, strict=True):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += (total // 2, total - total // 2)
+    want = _im2col_general(x, cap.kernel_size, cap.stride, cap.dilation, pads)
+    if kwargs.get("has_bias"):
+        want = np.concatenate([want, np.ones(want.shape[:2] + (1,), np.float32)], axis=2)
+    assert got.shape == want.shape == (2, int(np.prod(layer(Tensor(x)).shape[2:])), got.shape[2])
+    np.testing.assert_array_equal(got, want)
+    # And the patches reproduce the layer's own output: y[n, :, t] = W a[n, t] (+ b).
+    w = layer.weight.asnumpy().reshape(4, -1)
+    if kwargs.get("has_bias"):
+        w = np.concatenate([w, layer.bias.asnumpy()[:, None]], axis=1)
+    y = layer(Tensor(x)).asnumpy().reshape(2, 4, -1).transpose(0, 2, 1)
+    np.testing.assert_allclose(got @ w.T, y, rtol=1e-5, atol=1e-5)
+
+
+def test_same_padding_conv_is_wrapped_and_float64_patches_agree():
+    """pad_mode="same" (MindSpore's default) is preconditioned; the float64 route (ops.unfold,
+    used where the statistics are float64) gives the same patches as the float32 one."""
+    layer = nn.Conv2d(3, 4, (3, 2), stride=2, pad_mode="same")
+    (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
+    x = np.random.default_rng(4).standard_normal((2, 3, 8, 7)).astype(np.float32)
+    f32 = _Patches(wrapper.capture)(Tensor(x)).asnumpy()
+    wrapper.capture.compute_dtype = ms.float64
+    f64 = _Patches(wrapper.capture)(Tensor(x)).asnumpy()
+    assert f64.dtype == np.float64
+    np.testing.assert_array_equal(f32.astype(np.float64), f64)

@@ -42,6 +42,16 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
+def _same_pads(shape, kernel_size, stride, dilation):
+    """``(top, bottom, left, right)`` of MindSpore's ``pad_mode="same"`` for an NCHW input."""
+    pads = ()
+    for size, k, s, d in zip(shape[2:], kernel_size, stride, dilation):
+        out = (size + s - 1) // s
+        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+        pads += (total // 2, total - total // 2)
+    return pads
+
+
 class _FactorCapture(nn.Cell):
     """Identity on ``y`` whose ``bprop`` emits the factor statistics into the probe slots."""
 
@@ -52,7 +62,8 @@ class _FactorCapture(nn.Cell):
         kernel_size: tuple[int, int] = (1, 1),
         stride: tuple[int, int] = (1, 1),
         dilation: tuple[int, int] = (1, 1),
-        pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+        pads: tuple[int, int, int, int] | str = (0, 0, 0, 0),
+        in_channels: int = 0,
     ):
         super().__init__()
         self.kind = kind
@@ -60,10 +71,32 @@ class _FactorCapture(nn.Cell):
         self.kernel_size = kernel_size
         self.stride = stride
         self.dilation = dilation
-        self.pads = pads  # (top, bottom, left, right), as the layer pads
-        self.any_pad = any(p > 0 for p in pads)
+        # (top, bottom, left, right) as the layer pads, or "same" (computed from the input size)
+        self.same = pads == "same"
+        self.pads = (0, 0, 0, 0) if self.same else pads
         self.is_kfac = False  # set by the optimizer (a compile-time constant)
         self.compute_dtype = mstype.float32
+        if kind == "conv":
+            # im2col as a grouped convolution with one-hot kernels: group c turns input channel
+            # c into its kh*kw shifted copies, so the output channels come in the (c, i, j)
+            # order of the weight's columns, with the layer's own stride, dilation and padding.
+            # Bit-identical to ops.unfold and 2-4x faster on CPU (oneDNN); MindSpore's CPU
+            # convolution has no float64 kernel, so float64 statistics use ops.unfold.
+            kh, kw = kernel_size
+            eye = np.zeros((in_channels * kh * kw, 1, kh, kw), np.float32)
+            for c in range(in_channels):
+                for k in range(kh * kw):
+                    eye[c * kh * kw + k, 0, k // kw, k % kw] = 1.0
+            self.patch_kernel = Tensor(eye)
+            self.patch_conv = ops.Conv2D(
+                in_channels * kh * kw,
+                kernel_size,
+                pad_mode="same" if self.same else "pad",
+                pad=self.pads,
+                stride=stride,
+                dilation=dilation,
+                group=in_channels,
+            )
 
     def construct(self, x, y, p_delta, p_a, p_g):
         return y
@@ -71,9 +104,15 @@ class _FactorCapture(nn.Cell):
     def patches(self, x):
         """``a``: ``[N, T, d_in]`` im2col patches in ``(c, i, j)`` column order (+ bias column)."""
         x = ops.cast(x, self.compute_dtype)
-        if self.kind == "conv":
-            if self.any_pad:
-                x = ops.pad(x, (self.pads[2], self.pads[3], self.pads[0], self.pads[1]))
+        if self.kind == "conv" and self.compute_dtype == mstype.float32:
+            cols = self.patch_conv(x, ops.cast(self.patch_kernel, x.dtype))  # [N, d, Ho, Wo]
+            a = cols.transpose(0, 2, 3, 1).reshape(x.shape[0], -1, cols.shape[1])
+        elif self.kind == "conv":
+            pads = _same_pads(x.shape, self.kernel_size, self.stride, self.dilation)
+            if not self.same:
+                pads = self.pads
+            if pads[0] + pads[1] + pads[2] + pads[3] > 0:
+                x = ops.pad(x, (pads[2], pads[3], pads[0], pads[1]))
             cols = ops.unfold(x, self.kernel_size, self.dilation, 0, self.stride)  # [N, d, T]
             a = cols.transpose(0, 2, 1)
         else:
@@ -190,6 +229,8 @@ def _conv_pads(layer: nn.Conv2d) -> tuple[int, int, int, int]:
     """Explicit ``(top, bottom, left, right)`` zero padding for pad_mode "pad"/"valid"."""
     if layer.pad_mode == "valid":
         return (0, 0, 0, 0)
+    if layer.pad_mode == "same":
+        return "same"  # type: ignore[return-value]
     pad = layer.padding
     if isinstance(pad, int):
         return (pad, pad, pad, pad)
@@ -217,6 +258,7 @@ class TKFACConv2d(TKFACLayer):
             _pair(layer.stride),
             _pair(layer.dilation),
             _conv_pads(layer),
+            int(layer.in_channels),
         )
         super().__init__(layer, path, d_in, int(layer.out_channels), has_bias, capture)
 
@@ -227,8 +269,6 @@ def _unsupported_reason(cell: nn.Cell) -> str | None:
             return f"grouped convolution (group={cell.group})"
         if getattr(cell, "data_format", "NCHW") != "NCHW":
             return f"data_format={cell.data_format}"
-        if cell.pad_mode == "same":
-            return "pad_mode='same' (use pad_mode='pad' with explicit padding)"
         return None
     if isinstance(cell, nn.Dense):
         if getattr(cell, "activation_flag", False):
