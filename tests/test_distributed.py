@@ -11,6 +11,7 @@ factors from its half batch alone, or ``N`` counted once instead of twice.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -66,19 +67,28 @@ def test_ranks_hold_identical_state(runs):
     assert differ == [], f"ranks disagree on {differ}"
 
 
-def test_two_workers_match_one_worker_on_the_concatenated_batch(runs):
+def test_two_workers_match_one_worker_on_the_concatenated_batch(runs, tmp_path):
     single, dist = runs["single_0"], runs["dist_0"]
     assert single.keys() == dist.keys()
     worst: dict[str, tuple[float, str]] = {}
+    per_case: dict[str, dict[str, float]] = {}
     for key in single:
         if "/loss" in key:
             continue
         kind = _kind(key)
         err = _rel(single[key], dist[key])
+        case = per_case.setdefault(key.split("/", 1)[0], {})
+        case[kind] = max(case.get(kind, 0.0), err)
         if err >= worst.get(kind, (-1.0, ""))[0]:
             worst[kind] = (err, key)
     report = ", ".join(f"{k}: {e:.1e} ({n})" for k, (e, n) in sorted(worst.items()))
-    print(f"max relative differences, 2 workers vs 1: {report}")
+    print(f"\nmax relative differences, 2 workers vs 1: {report}")
+    for case, errs in sorted(per_case.items()):
+        print(f"  {case}: " + ", ".join(f"{k} {e:.1e}" for k, e in sorted(errs.items())))
+    # The numbers for the record (pytest -s shows the path).
+    result = tmp_path / "distributed_equivalence.json"
+    result.write_text(json.dumps({"tolerance": TOL, "max_rel": per_case}, indent=2))
+    print(f"  written to {result}")
     assert set(worst) == set(TOL)
     bad = {k: v for k, v in worst.items() if v[0] > TOL[k]}
     assert not bad, f"beyond float32 tolerance {TOL}: {bad}"
