@@ -120,21 +120,7 @@ class _Loss(nn.Cell):
 
 def _im2col(x: np.ndarray, k: int, stride: int, pad: int, dil: int) -> np.ndarray:
     """Explicit-loop im2col: ``[N, C, H, W] -> [N, T, C*k*k]`` in ``(c, i, j)`` order."""
-    n, c, h, w = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho = (h + 2 * pad - dil * (k - 1) - 1) // stride + 1
-    wo = (w + 2 * pad - dil * (k - 1) - 1) // stride + 1
-    out = np.zeros((n, ho * wo, c * k * k))
-    for oy in range(ho):
-        for ox in range(wo):
-            col = [
-                xp[:, ci, oy * stride + i * dil, ox * stride + j * dil]
-                for ci in range(c)
-                for i in range(k)
-                for j in range(k)
-            ]
-            out[:, oy * wo + ox, :] = np.stack(col, axis=1)
-    return out
+    return _im2col_general(x, (k, k), (stride, stride), (dil, dil), (pad, pad, pad, pad))
 
 
 def _oracle(case: Case, x: np.ndarray, y: np.ndarray, first_w, first_b, head_w, head_b):
