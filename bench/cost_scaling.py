@@ -41,6 +41,8 @@ from bench._common import IMG, RESULTS, finish, plt, provenance, write_json  # n
 
 #: (model, batch, input size) of the step-time ratios.
 RATIO_SETTINGS = {"resnet20": (128, 32), "vgg16_bn": (16, 32), "resnet50": (8, 224)}
+#: MindSpore's ``max_call_depth`` for ResNet-50 (the default 1000 fails to compile with TKFAC).
+MAX_CALL_DEPTH = 4000
 BASE = {"width": 32, "batch": 64, "size": 16}
 SWEEP = {"width": (16, 32, 64, 128), "batch": (16, 32, 64, 128), "size": (8, 16, 32)}
 #: ``--quick`` (smoke tests): two tiny settings, a width pair only.
@@ -113,6 +115,8 @@ def run_ratios(models: list[str], steps: int, results: Path, max_rss_gib: float)
             "--json",
             str(path),
         ]
+        if model == "resnet50":  # its TKFAC graph passes MindSpore's default call depth (1000)
+            cmd += ["--max-call-depth", str(MAX_CALL_DEPTH)]
         t0 = time.perf_counter()
         with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
             proc = subprocess.Popen(cmd, stdout=fout, stderr=ferr, text=True)
@@ -358,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--from-json", default=None, help="only redraw the figures of this results file"
     )
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument(
+        "--out-name", default=None, help="name of the results file (default: from --parts)"
+    )
     parser.add_argument("--img", default=str(IMG))
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
@@ -398,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "ratios" in parts:
         out["ratios"] = run_ratios(models, args.steps, results, args.max_rss_gib)
     finish(out, t_start)
-    name = (
+    name = args.out_name or (
         "cost_scaling.json"
         if parts == ["ratios", "scaling", "memory"]
         else ("cost_scaling_" + "_".join(parts) + ".json")
