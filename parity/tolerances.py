@@ -52,8 +52,8 @@ _D32 = "float32 gradient through the net, then two float32 inverses"
 _STEP = "re-anchored: each step's D error, as the update row"
 _TRAJ = "lr 2^-8 times the D error, relative to the weights"
 _FLIP = (
-    "flip-free runs; a ReLU/max-pool kink flip on one step exceeds it (VGG16 TKFAC_new "
-    "seed 0: momentum 0.45, trajectory 9.5e-4, docs/parity.md)"
+    "batches on which MindSpore and torch take the same ReLU/max-pool branches; one flip on "
+    "the 2x2 stage exceeds it (torch f32 vs torch f64 by as much: 0.45, docs/parity.md)"
 )
 
 #: network -> group -> tolerance.
@@ -62,7 +62,7 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "forward": Tolerance(8e-15, 9.9e-16, _F64 + "; 3072-term dot products"),
         "stats": Tolerance(2e-14, 2.4e-15, _F64 + "; phi, psi divide by N delta"),
         "factors": Tolerance(1e-14, 1.3e-15, _F64 + "; sqrt(delta) and damping added"),
-        "inverses": Tolerance(2e-14, 3.0e-15, "Cholesky in float64 of well-damped factors"),
+        "inverses": Tolerance(2e-14, 3e-15, "Cholesky in float64 of well-damped factors"),
         "beta": Tolerance(EPS["float64"], 0.0, "no conv layer: beta = 1 exactly on both sides"),
         "update": Tolerance(
             1e-12,
@@ -101,24 +101,24 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         ),
         "update": Tolerance(
             1e-3,
-            2.0e-4,
+            2e-4,
             "KFAC classifier: both float32 sides are ~1e-4 "
             "from float64 (cond ~1e3 of the pi-damped rank-4 A)",
         ),
-        "momentum": Tolerance(1e-3, 2.0e-4, _STEP),
+        "momentum": Tolerance(1e-3, 2e-4, _STEP),
         "trajectory": Tolerance(5e-5, 5.3e-6, _TRAJ),
-        "final": Tolerance(4e-5, 4.2e-6, "as inverses, after 4 factor updates"),
+        "final": Tolerance(4e-5, 4.9e-6, "as inverses, after 4 factor updates"),
     },
     "resnet20": {
-        "forward": Tolerance(3e-6, 3.7e-7, _F32),
-        "stats": Tolerance(1e-5, 1.4e-6, _F32 + "; u through up to 19 BatchNorm backwards"),
-        "factors": Tolerance(8e-6, 9.7e-7, _F32),
-        "inverses": Tolerance(8e-6, 9.4e-7, "float32 Cholesky of damped factors, cond ~1e1"),
-        "beta": Tolerance(2e-6, 2.1e-7, "beta = nu / min conv delta (= 9.3) in float32"),
-        "update": Tolerance(1e-4, 1.3e-5, _D32 + "; worst: the classifier bias"),
-        "momentum": Tolerance(1e-4, 1.9e-5, _STEP),
-        "trajectory": Tolerance(3e-6, 3.8e-7, _TRAJ + "; BN running statistics"),
-        "final": Tolerance(1e-5, 1.4e-6, "as factors and inverses, after 4 factor updates"),
+        "forward": Tolerance(3e-6, 3.1e-7, _F32),
+        "stats": Tolerance(1e-5, 1.1e-6, _F32 + "; u through up to 19 BatchNorm backwards"),
+        "factors": Tolerance(8e-6, 8.2e-7, _F32),
+        "inverses": Tolerance(8e-6, 1.2e-6, "float32 Cholesky of damped factors, cond ~1e1"),
+        "beta": Tolerance(2e-6, 2.2e-7, "beta = nu / min conv delta (= 9.3) in float32"),
+        "update": Tolerance(6e-5, 6e-6, _D32 + "; worst: the classifier bias"),
+        "momentum": Tolerance(1e-4, 2e-5, _STEP),
+        "trajectory": Tolerance(3e-6, 3.4e-7, _TRAJ + "; BN running statistics"),
+        "final": Tolerance(8e-6, 8.8e-7, "as factors and inverses, after 4 factor updates"),
     },
     "vgg16_bn": {
         "forward": Tolerance(2e-5, 2.4e-6, _F32 + "; 13 conv-BN layers, 4608-term sums"),
