@@ -4,9 +4,11 @@ Three parts (``--parts``, default all), every time measured against ``nn.Momentu
 process with :func:`bench.step_time.measure` (step kinds: none / factors / inverses / both):
 
 * ``ratios``: ResNet-20 (batch 128, 32x32) and VGG16-BN (batch 16, 32x32), each in its own
-  process (``bench/step_time.py``), so that each network's peak resident memory is its own.
-  ResNet-50 (batch 8, 224x224) is available with ``--models``, but its TKFAC process grew past
-  24 GB here and was killed by the kernel (this machine has 23 GiB);
+  process (``bench/step_time.py``), so that each network's peak resident memory is its own (it
+  is polled, and a process above ``--max-rss-gib`` is killed). ResNet-50 (batch 8, 224x224, or
+  ``resnet50@NxH``) is available with ``--models``; its TKFAC graph needs MindSpore's
+  ``max_call_depth`` above the default 1000 (passed as ``MAX_CALL_DEPTH``), and at 224x224 its
+  process once grew past this machine's 23 GiB;
 * ``scaling``: a small conv net ``conv3x3(3->C) - conv3x3(C->C) - conv3x3(C->C) - GAP - Dense``
   with the width ``C``, the batch ``N`` and the input size ``H`` varied one at a time. Reported:
   the factor-update cost (factor step minus plain TKFAC step), the inverse cost, the
@@ -19,7 +21,8 @@ process with :func:`bench.step_time.measure` (step kinds: none / factors / inver
 Usage::
 
     python bench/cost_scaling.py [--parts ratios,scaling,memory]
-        [--models resnet20,vgg16_bn] [--memory-models resnet20,vgg16_bn,resnet50]
+        [--models resnet20,vgg16_bn,resnet50@8x64] [--memory-models resnet20,vgg16_bn,resnet50]
+        [--max-rss-gib 18] [--out-name NAME.json] [--from-json RESULTS.json]
 """
 
 from __future__ import annotations
