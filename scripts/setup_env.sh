@@ -27,7 +27,7 @@ want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "[setup] installing pinned dependencies (first time: ~5-10 min, MindSpore is an 800 MB wheel)"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$root[dev]"
+  "$venv/bin/python" -m pip install -q -e "${root}[dev]"
   echo "$want" > "$stamp"
 fi
 echo "[setup] environment ready: $venv"
