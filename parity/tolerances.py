@@ -126,11 +126,11 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
             1e-4, 2.2e-5, _F32 + "; 4096-location im2col sums; the issue's 1e-4 cap binds (4.7x)"
         ),
         "factors": Tolerance(1e-4, 1.2e-5, _F32 + "; the 1e-4 cap binds (8.8x)"),
-        "inverses": Tolerance(2e-5, 2.6e-6, "float32 Cholesky of 4608 x 4608 damped factors"),
+        "inverses": Tolerance(2e-5, 3.3e-6, "float32 Cholesky of 4608 x 4608 damped factors"),
         "beta": Tolerance(2e-6, 2.4e-7, "beta = nu / min conv delta in float32"),
-        "update": Tolerance(1e-3, 1.4e-4, _D32 + "; worst: KFAC's classifier bias"),
-        "momentum": Tolerance(1e-3, 1.4e-4, _STEP + "; " + _FLIP),
-        "trajectory": Tolerance(8e-5, 9.8e-6, _TRAJ + "; " + _FLIP),
+        "update": Tolerance(1e-3, 2.7e-4, _D32 + "; worst: KFAC's classifier bias"),
+        "momentum": Tolerance(1e-3, 2.7e-4, _STEP + "; " + _FLIP),
+        "trajectory": Tolerance(8e-5, 1.6e-5, _TRAJ + "; " + _FLIP),
         "final": Tolerance(
             1e-4,
             3.8e-5,
