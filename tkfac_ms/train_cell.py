@@ -97,10 +97,13 @@ def _read_each(params):
     MindSpore 2.10 (GRAPH_MODE, CPU) gives a Parameter that the compiled graph first touches
     inside a tensor-conditioned branch a private copy: after a host-side ``set_data`` (as done by
     ``load_checkpoint`` into a cell that has already run) the branch keeps reading and writing
-    the old buffer, and the new value is silently ignored. Reading every Parameter before any
+    the old buffer, and the new value is silently ignored. Reading such a Parameter before any
     branch (a real read: ``ops.depend`` on the Parameter itself is not enough) avoids it; the
-    cost is one one-element slice per Parameter. Test:
-    ``test_loading_a_checkpoint_into_a_cell_that_has_trained_rewinds_it``.
+    cost is one one-element slice per Parameter, and some compile time, so only the TKFAC state
+    is read (weights, momenta, BatchNorm buffers and counters are touched at the top level
+    anyway). Tests:
+    ``test_loading_a_checkpoint_into_a_cell_that_has_trained_rewinds_it`` and
+    ``test_set_data_after_a_training_step_takes_effect`` (tests/test_parity.py).
     """
     return tuple(p.reshape(-1)[0] for p in params)
 
@@ -237,7 +240,16 @@ class TKFACTrainOneStepCell(nn.Cell):
         self.nonfinite_steps = Parameter(
             Tensor(0, mstype.int32), name="tkfac.nonfinite_steps", requires_grad=False
         )
-        self.all_parameters = ParameterTuple(list(self.get_parameters()))
+        # Parameters that the step touches only inside its capture/inverse branch (everything
+        # else is read or written at the top level of the graph); see _read_each.
+        self.branch_state = ParameterTuple(
+            [
+                p
+                for w in optimizer.layers
+                for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)
+            ]
+            + [optimizer.beta]
+        )
         parallel = _get_parallel_mode() in (
             ParallelMode.DATA_PARALLEL,
             ParallelMode.HYBRID_PARALLEL,
@@ -324,7 +336,7 @@ class TKFACTrainOneStepCell(nn.Cell):
 
     def construct(self, data, label, sampled_label=None):
         """One training step (spec Sec. 5); returns the loss."""
-        data = ops.depend(data, _read_each(self.all_parameters))
+        data = ops.depend(data, _read_each(self.branch_state))
         data = ops.depend(data, _copy_into(self.step_backup, self.buffers))
         scale = self.scale_sense
         count = ops.cast(ops.scalar_to_tensor(data.shape[0]), mstype.float32)
