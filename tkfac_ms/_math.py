@@ -33,6 +33,14 @@ DELTA_GUARD = 1e-30
 _matmul_tn = ops.MatMul(transpose_a=True)
 
 
+def where(condition: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """``x`` where the scalar bool ``condition`` holds, else ``y``.
+
+    A selection, not a branch, so NaN/Inf in the unselected side cannot leak in.
+    """
+    return ops.select(ops.broadcast_to(condition, x.shape), x, y)
+
+
 def _flatten(x: Tensor) -> Tensor:
     """``[N, T, d] -> [N*T, d]``."""
     return x.reshape(-1, x.shape[-1])

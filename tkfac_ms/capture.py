@@ -105,12 +105,12 @@ class _FactorCapture(nn.Cell):
         """``a``: ``[N, T, d_in]`` im2col patches in ``(c, i, j)`` column order (+ bias column)."""
         x = ops.cast(x, self.compute_dtype)
         if self.kind == "conv" and self.compute_dtype == mstype.float32:
-            cols = self.patch_conv(x, ops.cast(self.patch_kernel, x.dtype))  # [N, d, Ho, Wo]
+            cols = self.patch_conv(x, self.patch_kernel)  # [N, d, Ho, Wo]
             a = cols.transpose(0, 2, 3, 1).reshape(x.shape[0], -1, cols.shape[1])
         elif self.kind == "conv":
-            pads = _same_pads(x.shape, self.kernel_size, self.stride, self.dilation)
-            if not self.same:
-                pads = self.pads
+            pads = self.pads
+            if self.same:
+                pads = _same_pads(x.shape, self.kernel_size, self.stride, self.dilation)
             if pads[0] + pads[1] + pads[2] + pads[3] > 0:
                 x = ops.pad(x, (pads[2], pads[3], pads[0], pads[1]))
             cols = ops.unfold(x, self.kernel_size, self.dilation, 0, self.stride)  # [N, d, T]

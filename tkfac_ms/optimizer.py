@@ -43,10 +43,9 @@ def _momentum_step(lr, momentum, apply, weight_decay, weight, moment, d):
     if weight_decay != 0.0:
         d = d + _math.const(weight_decay, weight) * weight
     v = _math.const(momentum, moment) * moment + d
-    v = ops.select(ops.broadcast_to(apply, v.shape), v, moment)
+    v = _math.where(apply, v, moment)
     v = ops.depend(v, ops.assign(moment, v))
-    w = weight - ops.cast(lr, weight.dtype) * v
-    return ops.assign(weight, ops.select(ops.broadcast_to(apply, w.shape), w, weight))
+    return ops.assign(weight, _math.where(apply, weight - ops.cast(lr, weight.dtype) * v, weight))
 
 
 def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:

@@ -83,11 +83,17 @@ class _SampledNLL(nn.Cell):
         return -(ops.cast(onehot, logp.dtype) * logp).sum()
 
 
-def _copy_into(targets, sources, after=None):
-    """Assign each source Parameter's value to its target, once ``after`` has been computed."""
+def _copy_into(targets, sources, after=None, where=None):
+    """Assign each source Parameter's value to its target, once ``after`` has been computed.
+
+    With a scalar bool ``where``, only where it holds (selected, not branched on).
+    """
     done = ()
     for t, src in zip(targets, sources):
-        done += (ops.assign(t, src if after is None else ops.depend(src, after)),)
+        value = src if after is None else ops.depend(src, after)
+        if where is not None:
+            value = _math.where(where, value, t)
+        done += (ops.assign(t, value),)
     return done
 
 
@@ -106,14 +112,6 @@ def _read_each(params):
     ``test_set_data_after_a_training_step_takes_effect`` (tests/test_parity.py).
     """
     return tuple(p.reshape(-1)[0] for p in params)
-
-
-def _restore_if(condition, targets, backups):
-    """``target = backup if condition else target`` for every pair, without a branch."""
-    done = ()
-    for t, b in zip(targets, backups):
-        done += (ops.assign(t, ops.select(ops.broadcast_to(condition, t.shape), b, t)),)
-    return done
 
 
 class _BatchStatistics(nn.Cell):
@@ -196,11 +194,10 @@ class TKFACTrainOneStepCell(nn.Cell):
             self.sampled_nll = _SampledNLL(backbone)
         # Non-trainable network parameters other than the TKFAC state: BatchNorm running
         # statistics and the like, which an extra forward pass must not update.
-        state_ids = {
-            id(p)
-            for w in optimizer.layers
-            for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)
-        }
+        tkfac_state = [
+            p for w in optimizer.layers for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)
+        ]
+        state_ids = {id(p) for p in tkfac_state}
         self.buffers = ParameterTuple(
             [p for p in network.get_parameters() if not p.requires_grad and id(p) not in state_ids]
         )
@@ -242,14 +239,7 @@ class TKFACTrainOneStepCell(nn.Cell):
         )
         # Parameters that the step touches only inside its capture/inverse branch (everything
         # else is read or written at the top level of the graph); see _read_each.
-        self.branch_state = ParameterTuple(
-            [
-                p
-                for w in optimizer.layers
-                for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv)
-            ]
-            + [optimizer.beta]
-        )
+        self.branch_state = ParameterTuple(tkfac_state + [optimizer.beta])
         parallel = _get_parallel_mode() in (
             ParallelMode.DATA_PARALLEL,
             ParallelMode.HYBRID_PARALLEL,
@@ -358,6 +348,6 @@ class TKFACTrainOneStepCell(nn.Cell):
         # A skipped step is counted, its buffer updates undone and the optimizer step masked,
         # all without a branch (see TKFAC.apply_step).
         ops.assign_add(self.nonfinite_steps, ops.cast(overflow, mstype.int32))
-        _restore_if(overflow, self.buffers, self.step_backup)
+        _copy_into(self.buffers, self.step_backup, where=overflow)
         self.optimizer.apply_step(grads, ops.logical_not(overflow))
         return loss
