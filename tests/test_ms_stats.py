@@ -59,6 +59,88 @@ def test_dead_layer_guard_gives_scaled_identities():
     np.testing.assert_array_equal(psi.asnumpy(), np.eye(5) / 5)
 
 
+# ------------------------------------------- the optimizer's fused factor update vs the spec
+def _ref_chain(sums, c2, n, approximation, param, beta, first, state, decay):
+    """The spec's chain written out with reference_torch: sums -> Phi, Psi -> damping -> EMA."""
+    ref = reference_torch._math
+    sr, phi_sum, psi_sum = (torch.from_numpy(x) * c2 for x in sums)
+    delta, phi, psi = ref.tkfac_from_sums(sr, phi_sum, psi_sum, n)
+    if approximation == "tkfac_nor":
+        cur = ref.tkfac_nor_damping(delta, phi, psi, param)
+    else:
+        b = None if beta is None else torch.tensor(beta, dtype=torch.float64)
+        cur = ref.tkfac_new_damping(delta, phi, psi, param, beta=b)
+    return [
+        ref.moving_average(None if first else torch.from_numpy(st), c, decay, first).numpy()
+        for st, c in zip(state, cur, strict=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "approximation,param,beta",
+    [
+        ("tkfac_nor", 1e-3, None),
+        ("tkfac_new", 1e-3, None),
+        ("tkfac_new", 5e-2, 3.0),
+    ],
+)
+@pytest.mark.parametrize("dead", [False, True])
+@pytest.mark.parametrize("first", [True, False])
+def test_fused_factor_update_equals_the_spec_chain(approximation, param, beta, dead, first):
+    """``tkfac_factor_coefficients`` + ``update_moving_average`` (what the optimizer runs, to
+    save d x d buffers) against statistics -> damping -> moving average done step by step."""
+    rng = np.random.default_rng(3)
+    n, t, d_in, d_out, c2, decay = 6, 5, 7, 4, 2.5, 0.95
+    a = rng.standard_normal((n, t, d_in)) * (0.0 if dead else 1.0)
+    u = rng.standard_normal((n, t, d_out))
+    sums = [x.numpy() for x in reference_torch._math.tkfac_sums(torch.tensor(a), torch.tensor(u))]
+    state = []
+    for d in (d_in, d_out):
+        m = rng.standard_normal((d, d))
+        state.append(m @ m.T / d + np.eye(d))
+    expected = _ref_chain(sums, c2, n, approximation, param, beta, first, state, decay)
+
+    m = tkfac_ms._math
+    sr = Tensor(sums[0]) * c2
+    count = Tensor(float(n), ms.float64)
+    delta = sr / count
+    got = []
+    for d, stat, st in zip((d_in, d_out), sums[1:], state, strict=True):
+        if approximation == "tkfac_nor":
+            sd, damp = ops.sqrt(delta), Tensor(param**0.5, ms.float64)
+        else:
+            dt = m.tkfac_new_delta(delta, param, None if beta is None else Tensor(beta, ms.float64))
+            sd, damp = ops.sqrt(dt), dt / d
+        scale, shift = m.tkfac_factor_coefficients(sr, count, sd, damp, d, Tensor(c2, ms.float64))
+        out = m.update_moving_average(
+            Tensor(st), Tensor(stat), scale, shift, decay, Tensor(first, ms.bool_)
+        )
+        got.append(out.asnumpy())
+    for g, e in zip(got, expected, strict=True):
+        assert rel_err(g, e) < 1e-13
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-4)])
+def test_spd_inverse_and_kfac_damping_against_numpy(dtype, tol):
+    """``spd_inverse`` (Cholesky of the symmetrised, jittered matrix) and the diagonal damping
+    of ``kfac_pi_damping`` against numpy's inverse and reference_torch's damping."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((40, 30)).astype(dtype)
+    big_a = a.T @ a / 40 + 0.1 * np.eye(30, dtype=dtype)
+    g = rng.standard_normal((40, 6)).astype(dtype)
+    big_g = g.T @ g / 40
+    skew = big_a.copy()
+    skew[3, 5] *= 1 + 4 * np.finfo(dtype).eps  # rounding-level asymmetry, as a matmul leaves
+    inv = tkfac_ms._math.spd_inverse(Tensor(skew)).asnumpy()
+    assert inv.dtype == dtype
+    assert rel_err(inv, np.linalg.inv(big_a.astype(np.float64))) < tol
+    assert rel_err(inv, inv.T) < tol
+    a_hat, g_hat = tkfac_ms._math.kfac_pi_damping(Tensor(big_a), Tensor(big_g), 1e-2)
+    ra, rg = reference_torch._math.kfac_pi_damping(torch.tensor(big_a), torch.tensor(big_g), 1e-2)
+    assert rel_err(a_hat.asnumpy(), ra.numpy()) < tol
+    assert rel_err(g_hat.asnumpy(), rg.numpy()) < tol
+
+
 # --------------------------------------------------------------------- identities via capture
 @dataclass(frozen=True)
 class Case:

@@ -138,6 +138,70 @@ def _eye_like(m: Tensor) -> Tensor:
     return ops.eye(m.shape[0], m.shape[0], m.dtype)
 
 
+def add_to_diagonal(m: Tensor, value: Tensor) -> Tensor:
+    """``m + value * I`` as one new ``d x d`` tensor (no identity, no scaled-identity temporary).
+
+    Memory matters here: MindSpore's compiled CPU graphs keep a separate buffer for every
+    intermediate (measured: 20 sequential 75 MB temporaries cost 20 x 75 MB), so ``m + c * I``
+    written out costs three ``d x d`` buffers, this one.
+    """
+    return ops.matrix_set_diag(m, ops.diagonal(m) + value)
+
+
+def tkfac_factor_coefficients(
+    sr_sum: Tensor,
+    n: Tensor,
+    sqrt_delta: Tensor,
+    damping_term: Tensor,
+    d: int,
+    sum_factor: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` such that a damped TKFAC factor is ``scale * sum + shift * I``.
+
+    The spec's chain (Sec. 2-3) for the input side, with ``sum = phi_sum``:
+    ``Phi = sum / (N delta)`` (or ``I / d_in`` for a dead layer, ``delta <= 1e-30``), then
+    ``Phi_hat = sqrt_delta * Phi + damping_term * I``, where ``sqrt_delta`` is ``sqrt(delta)``
+    (TKFAC_nor) or ``sqrt(delta~)`` (TKFAC_new) and ``damping_term`` is ``sqrt(lambda)`` or
+    ``delta~ / d``. Hence ``scale = sqrt_delta / (N delta)`` and ``shift = damping_term`` for a
+    live layer, ``scale = 0`` and ``shift = damping_term + sqrt_delta / d`` for a dead one. The
+    output side is the same with ``psi_sum`` and ``d_out``. ``sr_sum`` and ``n`` are the
+    ``N delta`` and ``N`` of :func:`tkfac_from_sums`; ``sum_factor`` (default 1) multiplies
+    ``sum`` first (the optimizer's ``c^2``, which the captured sums do not carry yet).
+    """
+    alive = sr_sum / n > DELTA_GUARD
+    denom = ops.select(alive, sr_sum, ops.ones_like(sr_sum))
+    zero = ops.zeros_like(sqrt_delta)
+    live = sqrt_delta if sum_factor is None else sqrt_delta * sum_factor
+    scale = ops.select(alive, live / denom, zero)
+    shift = damping_term + ops.select(alive, zero, sqrt_delta / d)
+    return scale, shift
+
+
+def update_moving_average(
+    state: Tensor,
+    stat_sum: Tensor,
+    scale: Tensor,
+    shift: Tensor | None,
+    decay: float,
+    first: Tensor,
+) -> Tensor:
+    """:func:`moving_average` of ``current = scale * stat_sum + shift * I`` (spec Sec. 4).
+
+    ``first``: ``current``; later ``decay * state + (1 - decay) * current``; the two cases are
+    one expression with scalar weights, ``keep * state + take * current``, and ``current`` is
+    never formed. Four ``d x d`` buffers (three without ``shift``) instead of the eleven of
+    the written-out chain :func:`tkfac_from_sums` -> damping -> :func:`moving_average`, which
+    it equals up to rounding (tested against it).
+    """
+    eps = const(decay, state)
+    keep = ops.select(first, ops.zeros_like(eps), eps)
+    take = ops.select(first, ops.ones_like(eps), const(1.0, state) - eps)
+    mixed = state * keep + stat_sum * (take * ops.cast(scale, state.dtype))
+    if shift is None:
+        return mixed
+    return add_to_diagonal(mixed, take * ops.cast(shift, state.dtype))
+
+
 def tkfac_nor_damping(
     delta: Tensor, phi: Tensor, psi: Tensor, damping: Tensor | float
 ) -> tuple[Tensor, Tensor]:
@@ -209,7 +273,7 @@ def kfac_pi_damping(
         if isinstance(damping, Tensor)
         else Tensor(damping, a_factor.dtype)
     )
-    return a_factor + (pi * sl) * _eye_like(a_factor), g_factor + (sl / pi) * _eye_like(g_factor)
+    return add_to_diagonal(a_factor, pi * sl), add_to_diagonal(g_factor, sl / pi)
 
 
 def moving_average(state: Tensor, current: Tensor, decay: float, first: Tensor) -> Tensor:
@@ -224,19 +288,24 @@ def moving_average(state: Tensor, current: Tensor, decay: float, first: Tensor) 
 def spd_inverse(m: Tensor) -> Tensor:
     """Inverse of a symmetric positive definite matrix by Cholesky (spec Sec. 4).
 
-    ``m = L L^T``; ``m^{-1}`` is ``cholesky_solve(I, L)``, symmetrised to remove rounding skew.
-    Safeguard beyond the spec: ``m`` is symmetrised and gets a jitter of ``eps * mean(diag m)``
-    (``eps`` = 1e-7 in float32, 1e-15 in float64, i.e. about one rounding unit), so that a
-    factor made slightly indefinite by rounding does not abort the CPU Cholesky kernel. The
-    change is below the parity tolerances (see docs/math.md).
+    ``M = (m + m^T) / 2 + jitter I = L L^T``; ``M^{-1} = cholesky_solve(I, L)``, symmetric to
+    rounding. Safeguard beyond the spec: ``m`` is symmetrised (MindSpore's CPU Cholesky rejects
+    a float64 input that is not symmetric) and gets a jitter of ``eps * mean(diag m)`` (``eps``
+    = 1e-7 in float32, 1e-15 in float64, about one rounding unit), so that a factor made
+    slightly indefinite by rounding does not abort the kernel. The change is below the parity
+    tolerances (see docs/math.md).
+
+    Written for memory, as a compiled CPU graph keeps a buffer for every intermediate: the
+    halving is an exact factor of two carried to the right-hand side,
+    ``M^{-1} = cholesky_solve(2 I, chol(2 M))`` with ``2 M = m + m^T + 2 jitter I``, and the
+    jitter goes onto the diagonal directly: five ``d x d`` buffers instead of thirteen.
     """
     d = m.shape[0]
     eps = 1e-15 if m.dtype == mstype.float64 else 1e-7
-    sym = 0.5 * (m + m.T)
-    jitter = eps * ops.abs(ops.trace(sym)) / d
-    chol = ops.cholesky(sym + jitter * _eye_like(m))
-    inv = ops.cholesky_solve(_eye_like(m), chol)
-    return 0.5 * (inv + inv.T)
+    twice = m + m.T  # 2 * sym(m), exactly
+    jitter2 = eps * ops.abs(ops.trace(twice)) / d  # 2 * jitter
+    chol = ops.cholesky(add_to_diagonal(twice, jitter2))  # 2M = L L^T
+    return ops.cholesky_solve(ops.eye(d, d, m.dtype) * 2, chol)  # (2M)^{-1} * 2 = M^{-1}
 
 
 def precondition(grad_mat: Tensor, g_inv: Tensor, a_inv: Tensor) -> Tensor:

@@ -146,6 +146,8 @@ class TKFAC(nn.Optimizer):
         self.is_conv = tuple(w.kind == "conv" for w in layers)
         self.has_bias = tuple(w.has_bias for w in layers)
         self.weight_shapes = tuple(tuple(w.weight.shape) for w in layers)
+        self.layers_d_in = tuple(w.d_in for w in layers)
+        self.layers_d_out = tuple(w.d_out for w in layers)
         idx, w_idx, b_idx = 0, [], []
         for w in layers:
             w_idx.append(idx)
@@ -232,25 +234,40 @@ class TKFAC(nn.Optimizer):
             beta = _math.tkfac_new_beta(conv_deltas, self.nu)
             ops.assign(self.beta, beta)
         for i in range(self.num_layers):
+            # damped factor = scale * sum + shift * I (spec Sec. 2-3), averaged without forming
+            # it: a compiled CPU graph keeps every d x d intermediate (docs/performance.md)
             if self.is_kfac:
-                cur_a = stats[3 * i + 1] / count
-                cur_g = stats[3 * i + 2] * c2 / count
+                scale_a, shift_a = 1.0 / count, None
+                scale_g, shift_g = c2 / count, None
             else:
-                delta, phi, psi = _math.tkfac_from_sums(
-                    stats[3 * i] * c2, stats[3 * i + 1] * c2, stats[3 * i + 2] * c2, count
-                )
+                sr = stats[3 * i] * c2
+                delta = sr / count
                 if self.is_new:
                     dt = _math.tkfac_new_delta(delta, self.nu, None if self.is_conv[i] else beta)
-                    cur_a, cur_g = _math.tkfac_new_damping(dt, phi, psi)
+                    sd = ops.sqrt(dt)
+                    damp_a = dt / self.layers_d_in[i]
+                    damp_g = dt / self.layers_d_out[i]
                 else:
-                    cur_a, cur_g = _math.tkfac_nor_damping(delta, phi, psi, damping)
+                    sd = ops.sqrt(delta)
+                    damp_a = ops.sqrt(ops.cast(damping, self.factor_dtype))
+                    damp_g = damp_a
+                # u = c * dout: the captured sums get their c^2 through the scale
+                scale_a, shift_a = _math.tkfac_factor_coefficients(
+                    sr, count, sd, damp_a, self.layers_d_in[i], c2
+                )
+                scale_g, shift_g = _math.tkfac_factor_coefficients(
+                    sr, count, sd, damp_g, self.layers_d_out[i], c2
+                )
                 ops.assign(self.delta_state[i], delta)
-            ops.assign(
-                self.a_factor[i], _math.moving_average(self.a_factor[i], cur_a, decay, first)
+            a_sum, g_sum = stats[3 * i + 1], stats[3 * i + 2]
+            new_a = _math.update_moving_average(
+                self.a_factor[i], a_sum, scale_a, shift_a, decay, first
             )
-            ops.assign(
-                self.g_factor[i], _math.moving_average(self.g_factor[i], cur_g, decay, first)
+            ops.assign(self.a_factor[i], new_a)
+            new_g = _math.update_moving_average(
+                self.g_factor[i], g_sum, scale_g, shift_g, decay, first
             )
+            ops.assign(self.g_factor[i], new_g)
         return first
 
     def update_inverses(self):
