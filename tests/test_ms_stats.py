@@ -375,6 +375,53 @@ def test_capture_patches_equal_explicit_im2col(kwargs):
     np.testing.assert_allclose(got @ w.T, y, rtol=1e-5, atol=1e-5)
 
 
+class _Sums(nn.Cell):
+    def __init__(self, capture):
+        super().__init__()
+        self.capture = capture
+
+    def construct(self, x, dout):
+        return self.capture.sums(x, dout)
+
+
+@pytest.mark.parametrize("approximation", ["tkfac", "kfac"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "pad_mode": "pad", "padding": 1},
+        {"kernel_size": (3, 5), "stride": 2, "pad_mode": "pad", "padding": (1, 0, 2, 1)},
+        {"kernel_size": 3, "stride": 2, "pad_mode": "same", "has_bias": True},
+        {"kernel_size": (2, 3), "dilation": 2, "pad_mode": "valid", "has_bias": True},
+        {"kernel_size": 1, "stride": 2, "pad_mode": "valid"},
+    ],
+    ids=["k3_p1", "k3x5_s2_asym", "k3_s2_same_bias", "k2x3_d2_valid_bias", "k1_s2"],
+)
+def test_float32_conv_sums_equal_the_spec_on_explicit_patches(kwargs, approximation):
+    """The float32 convolution route of the capture (its own layout, ``s`` by a convolution,
+    ``B = sqrt(r) a``) against the spec's sums in float64 on explicit-loop patches."""
+    layer = nn.Conv2d(3, 4, **kwargs)
+    (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
+    cap = wrapper.capture
+    cap.is_kfac = approximation == "kfac"
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 3, 9, 8)).astype(np.float32)
+    out_shape = layer(Tensor(x)).shape
+    dout = rng.standard_normal(out_shape).astype(np.float32)
+    got = [t.asnumpy() for t in _Sums(cap)(Tensor(x), Tensor(dout))]
+    a = _Patches(cap)(Tensor(x)).asnumpy().astype(np.float64)  # checked against loops above
+    u = dout.astype(np.float64).reshape(5, 4, -1).transpose(0, 2, 1)
+    a2, u2 = a.reshape(-1, a.shape[2]), u.reshape(-1, 4)
+    if cap.is_kfac:
+        want = [0.0, a2.T @ a2, u2.T @ u2 / u.shape[1]]
+    else:
+        s, r = (a2 * a2).sum(1), (u2 * u2).sum(1)
+        want = [(s * r).sum(), (a2 * r[:, None]).T @ a2, (u2 * s[:, None]).T @ u2]
+    assert [g.shape for g in got] == [np.shape(w) for w in want]
+    assert all(g.dtype == np.float32 for g in got)
+    for g, w in zip(got, want, strict=True):
+        assert np.abs(g - w).max() <= 2e-6 * max(np.abs(w).max(), 1.0)
+
+
 def test_same_padding_conv_is_wrapped_and_float64_patches_agree():
     """pad_mode="same" (MindSpore's default) is preconditioned; the float64 route (ops.unfold,
     used where the statistics are float64) gives the same patches as the float32 one."""

@@ -97,6 +97,17 @@ class _FactorCapture(nn.Cell):
                 dilation=dilation,
                 group=in_channels,
             )
+            # ||a[n,t]||^2 of every patch: the window sums of sum_c x^2, one small convolution
+            self.ones_kernel = Tensor(np.ones((1, 1, kh, kw), np.float32))
+            self.norm_conv = ops.Conv2D(
+                1,
+                kernel_size,
+                pad_mode="same" if self.same else "pad",
+                pad=self.pads,
+                stride=stride,
+                dilation=dilation,
+            )
+            self.matmul_nt = ops.MatMul(transpose_b=True)
 
     def construct(self, x, y, p_delta, p_a, p_g):
         return y
@@ -128,18 +139,75 @@ class _FactorCapture(nn.Cell):
             return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
         return g.reshape(g.shape[0], -1, g.shape[-1])
 
-    def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
+    def sums(self, x, dout):
+        """``(sr_sum, a_sum, g_sum)`` of one batch.
+
+        :func:`_math.tkfac_sums` (TKFAC) or :func:`_math.kfac_sums` with ``sr_sum = 0`` (KFAC)
+        of ``a = patches(x)``, ``u = outputs(dout)``. Float32 convolutions take
+        :meth:`_conv_sums`, the same sums computed in the convolution's own layout.
+        """
+        if self.kind == "conv" and self.compute_dtype == mstype.float32:
+            return self._conv_sums(ops.cast(x, mstype.float32), ops.cast(dout, mstype.float32))
         a = self.patches(x)
         u = self.outputs(dout)
         if self.is_kfac:
             a_sum, g_sum = _math.kfac_sums(a, u)
-            sr = ops.zeros((), self.compute_dtype)
-        else:
-            sr, a_sum, g_sum = _math.tkfac_sums(a, u)
+            return ops.zeros((), self.compute_dtype), a_sum, g_sum
+        return _math.tkfac_sums(a, u)
+
+    def _conv_sums(self, x, g):
+        """The spec's sums for a float32 convolution without the ``[N*T, d]`` patch matrix.
+
+        ``phi_sum = sum_{n,t} r a a^T = B B^T`` with ``B = sqrt(r) a`` laid out ``[d, N*T]``:
+        the im2col convolution's output ``[N, d, Ho, Wo]`` is weighted in its own layout and
+        reaches ``[d, N*T]`` with one transpose of whole rows (cheap), where ``[N*T, d]`` needs
+        an element-wise one; ``s = ||a||^2`` comes from a one-channel convolution of
+        ``sum_c x^2`` instead of squaring the patches. Three patch-sized buffers instead of
+        four (a compiled CPU graph keeps every one), and a faster factor step
+        (docs/performance.md). The bias row/column: ``sum r a`` and ``sum r``.
+        """
+        cols = self.patch_conv(x, self.patch_kernel)  # [N, d0, Ho, Wo]
+        s = self.norm_conv((x * x).sum(1, keepdims=True), self.ones_kernel)  # [N, 1, Ho, Wo]
+        if self.has_bias:
+            s = s + 1.0
+        if self.is_kfac:
+            b = _channel_major(cols)
+            a_sum = self.matmul_nt(b, b)
+            if self.has_bias:
+                total = ops.ones((1, 1), mstype.float32) * b.shape[1]
+                a_sum = _with_bias_row(a_sum, b.sum(1, keepdims=True), total)
+            u = _channel_major(g)
+            g_sum = self.matmul_nt(u, u) / (g.shape[2] * g.shape[3])
+            return ops.zeros((), mstype.float32), a_sum, g_sum
+        r = (g * g).sum(1, keepdims=True)  # [N, 1, Ho, Wo]
+        sqrt_r = ops.sqrt(r)
+        b = _channel_major(cols * sqrt_r)  # [d0, N*T]
+        a_sum = self.matmul_nt(b, b)
+        if self.has_bias:
+            a_sum = _with_bias_row(
+                a_sum, self.matmul_nt(b, sqrt_r.reshape(1, -1)), r.sum().reshape(1, 1)
+            )
+        u = _channel_major(g * ops.sqrt(s))
+        psi_sum = self.matmul_nt(u, u)
+        return (s * r).sum(), a_sum, psi_sum
+
+    def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
+        sr, a_sum, g_sum = self.sums(x, dout)
         # The statistics leave in the factor dtype even when mixed precision has cast the probe
         # inputs to float16 (amp O2/O3): MindSpore hands a custom bprop's outputs to the
         # parameters as they are, so the factors never pass through half precision.
         return ops.zeros_like(x), dout, sr.reshape(()), a_sum, g_sum
+
+
+def _channel_major(t):
+    """``[N, C, H, W] -> [C, N*H*W]`` (a transpose of whole rows of ``H*W``)."""
+    return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 0, 2).reshape(t.shape[1], -1)
+
+
+def _with_bias_row(m, col, corner):
+    """``[[m, col], [col^T, corner]]``: the homogeneous coordinate's row and column."""
+    top = ops.concat((m, col), axis=1)
+    return ops.concat((top, ops.concat((col.T, corner), axis=1)), axis=0)
 
 
 class TKFACLayer(nn.Cell):
