@@ -193,3 +193,15 @@ def test_step_time_cli(tmp_path, capsys):
     assert res["valid"] and all(math.isfinite(v) for v in res["losses"])
     assert all(res["min_s"][k] <= res["median_s"][k] for k in res["median_s"])
     assert json.loads((tmp_path / "st.json").read_text())["layers"] == 3
+
+
+def test_graph_memory(tmp_path):
+    from bench import graph_memory
+
+    res = graph_memory.main(["--d", "256", "--ks", "1,3", "--json", str(tmp_path / "gm.json")])
+    assert [r["k"] for r in res["temporaries"]] == [1, 3]
+    assert all(r["peak_growth_mb"] > 0 for r in res["temporaries"])
+    rows = {r["optimizer"]: r for r in res["factors"]}
+    assert set(rows) == set(graph_memory.OPTIMIZERS)
+    assert all(r["d"] == 256 and r["peak_growth_mb"] > 0 for r in rows.values())
+    assert json.loads((tmp_path / "gm.json").read_text())["factors"][0]["optimizer"] == "momentum"
