@@ -90,7 +90,7 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "factors": Tolerance(4e-6, 4.2e-7, _F32),
         "inverses": Tolerance(
             4e-5,
-            4.4e-6,
+            5.3e-6,
             "KFAC's pi-damped classifier A (1025 dims, rank "
             "4 from 4 samples): cond ~1e2 times float32 rounding",
         ),
@@ -101,11 +101,11 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         ),
         "update": Tolerance(
             1e-3,
-            2e-4,
+            2.3e-4,
             "KFAC classifier: both float32 sides are ~1e-4 "
             "from float64 (cond ~1e3 of the pi-damped rank-4 A)",
         ),
-        "momentum": Tolerance(1e-3, 2e-4, _STEP),
+        "momentum": Tolerance(1e-3, 2.3e-4, _STEP),
         "trajectory": Tolerance(5e-5, 5.3e-6, _TRAJ),
         "final": Tolerance(4e-5, 4.9e-6, "as inverses, after 4 factor updates"),
     },
@@ -115,9 +115,9 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "factors": Tolerance(8e-6, 8.2e-7, _F32),
         "inverses": Tolerance(8e-6, 1.2e-6, "float32 Cholesky of damped factors, cond ~1e1"),
         "beta": Tolerance(2e-6, 2.2e-7, "beta = nu / min conv delta (= 9.3) in float32"),
-        "update": Tolerance(6e-5, 6e-6, _D32 + "; worst: the classifier bias"),
+        "update": Tolerance(6e-5, 6.2e-6, _D32 + "; worst: the classifier bias"),
         "momentum": Tolerance(1e-4, 2e-5, _STEP),
-        "trajectory": Tolerance(3e-6, 3.4e-7, _TRAJ + "; BN running statistics"),
+        "trajectory": Tolerance(3e-6, 3.5e-7, _TRAJ + "; BN running statistics"),
         "final": Tolerance(8e-6, 8.8e-7, "as factors and inverses, after 4 factor updates"),
     },
     "vgg16_bn": {
