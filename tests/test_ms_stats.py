@@ -104,14 +104,17 @@ def test_fused_factor_update_equals_the_spec_chain(approximation, param, beta, d
     sr = Tensor(sums[0]) * c2
     count = Tensor(float(n), ms.float64)
     delta = sr / count
+    if approximation == "tkfac_nor":
+        sd, damp_in = ops.sqrt(delta), Tensor(param**0.5, ms.float64)
+        damp_out = damp_in
+    else:
+        dt = m.tkfac_new_delta(delta, param, None if beta is None else Tensor(beta, ms.float64))
+        sd, damp_in, damp_out = ops.sqrt(dt), dt / d_in, dt / d_out
+    scale, *shifts = m.tkfac_factor_coefficients(
+        sr, count, sd, Tensor(c2, ms.float64), damp_in, damp_out, d_in, d_out
+    )
     got = []
-    for d, stat, st in zip((d_in, d_out), sums[1:], state, strict=True):
-        if approximation == "tkfac_nor":
-            sd, damp = ops.sqrt(delta), Tensor(param**0.5, ms.float64)
-        else:
-            dt = m.tkfac_new_delta(delta, param, None if beta is None else Tensor(beta, ms.float64))
-            sd, damp = ops.sqrt(dt), dt / d
-        scale, shift = m.tkfac_factor_coefficients(sr, count, sd, damp, d, Tensor(c2, ms.float64))
+    for shift, stat, st in zip(shifts, sums[1:], state, strict=True):
         out = m.update_moving_average(
             Tensor(st), Tensor(stat), scale, shift, decay, Tensor(first, ms.bool_)
         )

@@ -152,29 +152,31 @@ def tkfac_factor_coefficients(
     sr_sum: Tensor,
     n: Tensor,
     sqrt_delta: Tensor,
-    damping_term: Tensor,
-    d: int,
-    sum_factor: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``(scale, shift)`` such that a damped TKFAC factor is ``scale * sum + shift * I``.
+    sum_factor: Tensor,
+    damping_in: Tensor,
+    damping_out: Tensor,
+    d_in: int,
+    d_out: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(scale, shift_in, shift_out)``: damped factors ``scale * sum + shift * I``.
 
     The spec's chain (Sec. 2-3) for the input side, with ``sum = phi_sum``:
     ``Phi = sum / (N delta)`` (or ``I / d_in`` for a dead layer, ``delta <= 1e-30``), then
-    ``Phi_hat = sqrt_delta * Phi + damping_term * I``, where ``sqrt_delta`` is ``sqrt(delta)``
-    (TKFAC_nor) or ``sqrt(delta~)`` (TKFAC_new) and ``damping_term`` is ``sqrt(lambda)`` or
-    ``delta~ / d``. Hence ``scale = sqrt_delta / (N delta)`` and ``shift = damping_term`` for a
-    live layer, ``scale = 0`` and ``shift = damping_term + sqrt_delta / d`` for a dead one. The
-    output side is the same with ``psi_sum`` and ``d_out``. ``sr_sum`` and ``n`` are the
-    ``N delta`` and ``N`` of :func:`tkfac_from_sums`; ``sum_factor`` (default 1) multiplies
-    ``sum`` first (the optimizer's ``c^2``, which the captured sums do not carry yet).
+    ``Phi_hat = sqrt_delta * Phi + damping_in * I``, where ``sqrt_delta`` is ``sqrt(delta)``
+    (TKFAC_nor) or ``sqrt(delta~)`` (TKFAC_new) and ``damping_in`` is ``sqrt(lambda)`` or
+    ``delta~ / d_in``. Hence ``scale = sqrt_delta / (N delta)`` and ``shift_in = damping_in``
+    for a live layer, ``scale = 0`` and ``shift_in = damping_in + sqrt_delta / d_in`` for a dead
+    one; the output side (``psi_sum``) has the same ``scale``. ``sr_sum`` and ``n`` are the
+    ``N delta`` and ``N`` of :func:`tkfac_from_sums`; ``sum_factor`` multiplies both sums first
+    (the optimizer's ``c^2``, which the captured sums do not carry yet).
     """
     alive = sr_sum / n > DELTA_GUARD
     denom = ops.select(alive, sr_sum, ops.ones_like(sr_sum))
     zero = ops.zeros_like(sqrt_delta)
-    live = sqrt_delta if sum_factor is None else sqrt_delta * sum_factor
-    scale = ops.select(alive, live / denom, zero)
-    shift = damping_term + ops.select(alive, zero, sqrt_delta / d)
-    return scale, shift
+    scale = ops.select(alive, sqrt_delta * sum_factor / denom, zero)
+    shift_in = damping_in + ops.select(alive, zero, sqrt_delta / d_in)
+    shift_out = damping_out + ops.select(alive, zero, sqrt_delta / d_out)
+    return scale, shift_in, shift_out
 
 
 def update_moving_average(
@@ -305,7 +307,7 @@ def spd_inverse(m: Tensor) -> Tensor:
     twice = m + m.T  # 2 * sym(m), exactly
     jitter2 = eps * ops.abs(ops.trace(twice)) / d  # 2 * jitter
     chol = ops.cholesky(add_to_diagonal(twice, jitter2))  # 2M = L L^T
-    return ops.cholesky_solve(ops.eye(d, d, m.dtype) * 2, chol)  # (2M)^{-1} * 2 = M^{-1}
+    return ops.cholesky_solve(_eye_like(m) * 2, chol)  # (2M)^{-1} * 2 = M^{-1}
 
 
 def precondition(grad_mat: Tensor, g_inv: Tensor, a_inv: Tensor) -> Tensor:

@@ -167,9 +167,6 @@ class _FactorCapture(nn.Cell):
         (docs/performance.md). The bias row/column: ``sum r a`` and ``sum r``.
         """
         cols = self.patch_conv(x, self.patch_kernel)  # [N, d0, Ho, Wo]
-        s = self.norm_conv((x * x).sum(1, keepdims=True), self.ones_kernel)  # [N, 1, Ho, Wo]
-        if self.has_bias:
-            s = s + 1.0
         if self.is_kfac:
             b = _channel_major(cols)
             a_sum = self.matmul_nt(b, b)
@@ -179,6 +176,9 @@ class _FactorCapture(nn.Cell):
             u = _channel_major(g)
             g_sum = self.matmul_nt(u, u) / (g.shape[2] * g.shape[3])
             return ops.zeros((), mstype.float32), a_sum, g_sum
+        s = self.norm_conv((x * x).sum(1, keepdims=True), self.ones_kernel)  # [N, 1, Ho, Wo]
+        if self.has_bias:
+            s = s + 1.0
         r = (g * g).sum(1, keepdims=True)  # [N, 1, Ho, Wo]
         sqrt_r = ops.sqrt(r)
         b = _channel_major(cols * sqrt_r)  # [d0, N*T]

@@ -146,8 +146,6 @@ class TKFAC(nn.Optimizer):
         self.is_conv = tuple(w.kind == "conv" for w in layers)
         self.has_bias = tuple(w.has_bias for w in layers)
         self.weight_shapes = tuple(tuple(w.weight.shape) for w in layers)
-        self.layers_d_in = tuple(w.d_in for w in layers)
-        self.layers_d_out = tuple(w.d_out for w in layers)
         idx, w_idx, b_idx = 0, [], []
         for w in layers:
             w_idx.append(idx)
@@ -242,22 +240,20 @@ class TKFAC(nn.Optimizer):
             else:
                 sr = stats[3 * i] * c2
                 delta = sr / count
+                d_in, d_out = self.a_factor[i].shape[0], self.g_factor[i].shape[0]
                 if self.is_new:
                     dt = _math.tkfac_new_delta(delta, self.nu, None if self.is_conv[i] else beta)
                     sd = ops.sqrt(dt)
-                    damp_a = dt / self.layers_d_in[i]
-                    damp_g = dt / self.layers_d_out[i]
+                    damp_a, damp_g = dt / d_in, dt / d_out
                 else:
                     sd = ops.sqrt(delta)
                     damp_a = ops.sqrt(ops.cast(damping, self.factor_dtype))
                     damp_g = damp_a
                 # u = c * dout: the captured sums get their c^2 through the scale
-                scale_a, shift_a = _math.tkfac_factor_coefficients(
-                    sr, count, sd, damp_a, self.layers_d_in[i], c2
+                scale_a, shift_a, shift_g = _math.tkfac_factor_coefficients(
+                    sr, count, sd, c2, damp_a, damp_g, d_in, d_out
                 )
-                scale_g, shift_g = _math.tkfac_factor_coefficients(
-                    sr, count, sd, damp_g, self.layers_d_out[i], c2
-                )
+                scale_g = scale_a
                 ops.assign(self.delta_state[i], delta)
             a_sum, g_sum = stats[3 * i + 1], stats[3 * i + 2]
             new_a = _math.update_moving_average(
