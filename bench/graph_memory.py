@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,14 +39,12 @@ from bench._common import RESULTS, finish, provenance, write_json  # noqa: E402
 OPTIMIZERS = ("momentum", "tkfac_nor", "tkfac_new", "kfac")
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _child_temporaries(k: int) -> dict:
     import mindspore as ms
     import numpy as np
     from mindspore import Tensor, nn, ops
+
+    from bench._ms import peak_rss_mb
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -65,9 +62,10 @@ def _child_temporaries(k: int) -> dict:
             return acc
 
     x = Tensor(np.random.default_rng(0).standard_normal((144, 131072)).astype(np.float32))
-    start = _peak_mb()
+    start = peak_rss_mb()
     Chain(k)(x).asnumpy()
-    return {"k": k, "temporary_mb": 144 * 131072 * 4 / 2**20, "peak_growth_mb": _peak_mb() - start}
+    growth = peak_rss_mb() - start
+    return {"k": k, "temporary_mb": 144 * 131072 * 4 / 2**20, "peak_growth_mb": growth}
 
 
 def _child_factors(optimizer: str, d: int) -> dict:
@@ -77,6 +75,7 @@ def _child_factors(optimizer: str, d: int) -> dict:
     from mindspore import Tensor, nn
 
     import tkfac_ms
+    from bench._ms import peak_rss_mb
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -86,7 +85,7 @@ def _child_factors(optimizer: str, d: int) -> dict:
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((32, d - 1)).astype(np.float32))
     y = Tensor(rng.integers(0, 10, 32).astype(np.int32))
-    start = _peak_mb()
+    start = peak_rss_mb()
     if optimizer == "momentum":
         opt = nn.Momentum(net.trainable_params(), 1e-3, 0.9)
         cell = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
@@ -103,7 +102,7 @@ def _child_factors(optimizer: str, d: int) -> dict:
     t0 = time.perf_counter()
     for _ in range(7):
         cell(x, y).asnumpy()
-    growth = _peak_mb() - start
+    growth = peak_rss_mb() - start
     matrix_mb = d * d * 4 / 2**20
     return {
         "optimizer": optimizer,
