@@ -396,16 +396,21 @@ class _Sums(nn.Cell):
         {"kernel_size": 3, "stride": 2, "pad_mode": "same", "has_bias": True},
         {"kernel_size": (2, 3), "dilation": 2, "pad_mode": "valid", "has_bias": True},
         {"kernel_size": 1, "stride": 2, "pad_mode": "valid"},
+        {"kernel_size": (2, 4), "pad_mode": "same", "has_bias": True},
     ],
-    ids=["k3_p1", "k3x5_s2_asym", "k3_s2_same_bias", "k2x3_d2_valid_bias", "k1_s2"],
+    ids=["k3_p1", "k3x5_s2_asym", "k3_s2_same_bias", "k2x3_d2_valid_bias", "k1_s2", "k2x4_same"],
 )
-def test_float32_conv_sums_equal_the_spec_on_explicit_patches(kwargs, approximation):
-    """The float32 convolution route of the capture (its own layout, ``s`` by a convolution,
-    ``B = sqrt(r) a``) against the spec's sums in float64 on explicit-loop patches."""
+@pytest.mark.parametrize("route", ["ms_ops", "cpu_kernel"])
+def test_float32_conv_sums_equal_the_spec_on_explicit_patches(kwargs, approximation, route):
+    """Both float32 convolution routes of the capture against the spec's sums in float64 on
+    explicit-loop patches: MindSpore ops (its own layout, ``s`` by a convolution,
+    ``B = sqrt(r) a``) and the fused C++ kernel for ``phi_sum`` (``csrc/conv_phi.cc``, the
+    CPU route; ``k2x4_same`` has unequal "same" pads, 0 before and 1 after)."""
     layer = nn.Conv2d(3, 4, **kwargs)
     (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
     cap = wrapper.capture
     cap.is_kfac = approximation == "kfac"
+    assert cap.set_cpu_kernel(route == "cpu_kernel") == (route == "cpu_kernel")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5, 3, 9, 8)).astype(np.float32)
     out_shape = layer(Tensor(x)).shape

@@ -27,11 +27,12 @@ import fnmatch
 import warnings
 from collections.abc import Iterable, Sequence
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
-from tkfac_ms import _math
+from tkfac_ms import _cpu_kernels, _math
 
 __all__ = ["TKFACLayer", "TKFACDense", "TKFACConv2d", "wrap_network", "find_wrappers"]
 
@@ -108,6 +109,40 @@ class _FactorCapture(nn.Cell):
                 dilation=dilation,
             )
             self.matmul_nt = ops.MatMul(transpose_b=True)
+        # the fused CPU kernel for phi_sum (set_cpu_kernel; None: the MindSpore-op path)
+        self.cpu_phi = None
+        self.cpu_phi_geom = None
+
+    def set_cpu_kernel(self, enable: bool) -> bool:
+        """Use the fused C++ kernel (``csrc/conv_phi.cc``) for ``phi_sum`` of a float32 conv.
+
+        Set by :class:`~tkfac_ms.TKFAC` when the device is the CPU. Returns whether it is in use:
+        never for Dense layers, float64 factors, or when the library cannot be built (then the
+        MindSpore-op path, which computes the same sums, is used).
+        """
+        self.cpu_phi = None
+        self.cpu_phi_geom = None
+        if not enable or self.kind != "conv" or self.compute_dtype != mstype.float32:
+            return False
+        lib = _cpu_kernels.conv_phi_library()
+        if lib is None:
+            return False
+        kh, kw = self.kernel_size
+        d = self.patch_kernel.shape[0] + int(self.has_bias)
+        top, left = (-1, -1) if self.same else (self.pads[0], self.pads[2])
+        threads = int(ms.get_context("runtime_num_threads") or 0) or _cpu_kernels.cpu_count()
+        geom = (kh, kw, *self.stride, *self.dilation, top, left, int(self.has_bias), threads)
+        self.cpu_phi_geom = Tensor(np.asarray(geom, np.int32))
+        self.cpu_phi = ops.Custom(
+            f"{lib}:{_cpu_kernels.FUNCTION}",
+            out_shape=(d, d),
+            out_dtype=mstype.float32,
+            func_type="aot",
+        )
+        # Custom primitives with equal attributes are merged by the graph compiler, which then
+        # gives every layer the first one's output shape: the size makes each shape its own.
+        self.cpu_phi.add_prim_attr("tkfac_phi_size", d)
+        return True
 
     def construct(self, x, y, p_delta, p_a, p_g):
         return y
@@ -166,6 +201,8 @@ class _FactorCapture(nn.Cell):
         four (a compiled CPU graph keeps every one), and a faster factor step
         (docs/performance.md). The bias row/column: ``sum r a`` and ``sum r``.
         """
+        if self.cpu_phi is not None:
+            return self._conv_sums_cpu_kernel(x, g)
         cols = self.patch_conv(x, self.patch_kernel)  # [N, d0, Ho, Wo]
         if self.is_kfac:
             b = _channel_major(cols)
@@ -173,13 +210,8 @@ class _FactorCapture(nn.Cell):
             if self.has_bias:
                 total = ops.ones((1, 1), mstype.float32) * b.shape[1]
                 a_sum = _with_bias_row(a_sum, b.sum(1, keepdims=True), total)
-            u = _channel_major(g)
-            g_sum = self.matmul_nt(u, u) / (g.shape[2] * g.shape[3])
-            return ops.zeros((), mstype.float32), a_sum, g_sum
-        s = self.norm_conv((x * x).sum(1, keepdims=True), self.ones_kernel)  # [N, 1, Ho, Wo]
-        if self.has_bias:
-            s = s + 1.0
-        r = (g * g).sum(1, keepdims=True)  # [N, 1, Ho, Wo]
+            return ops.zeros((), mstype.float32), a_sum, self._kfac_g_sum(g)
+        s, r = self._location_norms(x, g)
         sqrt_r = ops.sqrt(r)
         b = _channel_major(cols * sqrt_r)  # [d0, N*T]
         a_sum = self.matmul_nt(b, b)
@@ -187,9 +219,32 @@ class _FactorCapture(nn.Cell):
             a_sum = _with_bias_row(
                 a_sum, self.matmul_nt(b, sqrt_r.reshape(1, -1)), r.sum().reshape(1, 1)
             )
+        return (s * r).sum(), a_sum, self._psi_sum(g, s)
+
+    def _conv_sums_cpu_kernel(self, x, g):
+        """:meth:`_conv_sums` with ``phi_sum`` (bias row included) from the fused C++ kernel."""
+        if self.is_kfac:
+            ones = ops.ones((g.shape[0], g.shape[2], g.shape[3]), mstype.float32)
+            a_sum = self.cpu_phi(x, ones, self.cpu_phi_geom)
+            return ops.zeros((), mstype.float32), a_sum, self._kfac_g_sum(g)
+        s, r = self._location_norms(x, g)
+        a_sum = self.cpu_phi(x, r.reshape(g.shape[0], g.shape[2], g.shape[3]), self.cpu_phi_geom)
+        return (s * r).sum(), a_sum, self._psi_sum(g, s)
+
+    def _location_norms(self, x, g):
+        """``s = ||a||^2`` and ``r = ||u||^2`` per location, ``[N, 1, Ho, Wo]`` each."""
+        s = self.norm_conv((x * x).sum(1, keepdims=True), self.ones_kernel)
+        if self.has_bias:
+            s = s + 1.0
+        return s, (g * g).sum(1, keepdims=True)
+
+    def _psi_sum(self, g, s):
         u = _channel_major(g * ops.sqrt(s))
-        psi_sum = self.matmul_nt(u, u)
-        return (s * r).sum(), a_sum, psi_sum
+        return self.matmul_nt(u, u)
+
+    def _kfac_g_sum(self, g):
+        u = _channel_major(g)
+        return self.matmul_nt(u, u) / (g.shape[2] * g.shape[3])
 
     def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
         sr, a_sum, g_sum = self.sums(x, dout)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
@@ -124,10 +125,13 @@ class TKFAC(nn.Optimizer):
         )
         layers = [w for w in wrap_network(net, skip) if w.weight.requires_grad]
         is_kfac = cfg.approximation == Approximation.KFAC
+        on_cpu = ms.get_context("device_target") == "CPU"
         for w in layers:
             if w.factor_dtype != factor_dtype:
                 w.init_state(factor_dtype)
             w.capture.is_kfac = is_kfac
+            # the fused C++ statistics kernel where the graph runs on the CPU (capture.py)
+            w.capture.set_cpu_kernel(on_cpu)
         # Parameter order: each layer's weight (and bias), then every other trainable parameter.
         layer_params: list[Parameter] = []
         for w in layers:
