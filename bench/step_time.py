@@ -3,8 +3,9 @@
 One TKFAC cell with ``factor_update_steps=3`` and ``inv_update_steps=2`` visits every kind of
 step in one compiled graph: step ``t`` updates the factors when ``t % 3 == 0`` and the inverses
 when ``t % 2 == 0``, so the steps split into (a) nothing, (b) factors only, (c) inverses only and
-(b+c) both. The Momentum baseline is measured before and after TKFAC, and the medians are
-compared. Amortized costs at ``T_FIM = T_INV = T`` are ``((T - 1) * a + both) / T``.
+(b+c) both. The Momentum baseline runs in the same process, in blocks that alternate with the
+TKFAC blocks (4 rounds), and the medians are compared. Amortized costs at
+``T_FIM = T_INV = T`` are ``((T - 1) * a + both) / T``.
 
 Usage::
 
@@ -61,8 +62,9 @@ def measure(
     steps: int = 24,
     approximation: str = "tkfac_new",
     fisher: str = "true",
-    momentum_steps: int = 8,
+    momentum_steps: int = 16,
     lr: float = 1e-6,
+    rounds: int = 4,
 ) -> dict:
     """Time every kind of TKFAC step against ``nn.Momentum`` on one batch, in this process.
 
@@ -71,7 +73,10 @@ def measure(
         x, y: the batch (the same for every step).
         steps: TKFAC steps timed after the compiling step 0.
         approximation, fisher: TKFAC options.
-        momentum_steps: Momentum steps timed before, and again after, the TKFAC steps.
+        momentum_steps: Momentum steps timed in all.
+        rounds: the timed steps alternate, ``rounds`` times, between a block of Momentum steps
+            and a block of TKFAC steps, so that a slow drift of the machine's speed (a shared,
+            noisy machine) reaches both sides of every ratio alike.
         lr: TKFAC's learning rate. Small, because the same batch is trained on again and again:
             at 1e-3 TKFAC_new diverged on it within 4 steps, and every later step was a skipped
             non-finite step (no update, global step frozen), so the step kinds were mislabelled.
@@ -93,7 +98,7 @@ def measure(
     base = momentum_cell()
     base(x, y).asnumpy()
     compile_momentum = time.perf_counter() - t0
-    base_times = _time_steps(base, x, y, momentum_steps)
+    _time_steps(base, x, y, 2)  # warm-up, not counted
     rss_momentum = _peak_rss_mb()
 
     net = make_net()
@@ -115,14 +120,17 @@ def measure(
     def global_step() -> int:
         return int(opt.global_step.asnumpy().reshape(-1)[0])
 
-    times, counters = [], []
-    for _ in range(steps):
-        t = global_step()
-        t0 = time.perf_counter()
-        losses = cell(x, y).asnumpy()
-        times.append(time.perf_counter() - t0)
-        counters.append((t, global_step(), float(np.asarray(losses).reshape(-1)[0])))
-    base_times += _time_steps(base, x, y, momentum_steps)
+    times, counters, base_times = [], [], []
+    for r in range(rounds):
+        base_times += _time_steps(
+            base, x, y, momentum_steps * (r + 1) // rounds - momentum_steps * r // rounds
+        )
+        for _ in range(steps * (r + 1) // rounds - steps * r // rounds):
+            t = global_step()
+            t0 = time.perf_counter()
+            losses = cell(x, y).asnumpy()
+            times.append(time.perf_counter() - t0)
+            counters.append((t, global_step(), float(np.asarray(losses).reshape(-1)[0])))
 
     # Classify by the step counter t the step ran with; a skipped (non-finite) step does not
     # advance it, ran no optimizer update, and is left out.

@@ -3,7 +3,8 @@
 MindSpore runs it as an ``ops.Custom(func_type="aot")`` operator on the CPU only; GPU and
 Ascend keep the MindSpore-op path (``capture._FactorCapture._conv_sums``). The library is
 compiled once per source, compiler flags and CPU (``-march=native``) into
-``$TKFAC_MS_CACHE`` (default ``~/.cache/tkfac_ms``), written to a temporary name and renamed,
+``$TKFAC_MS_CACHE`` (default ``~/.cache/tkfac_ms``; a temporary folder if that is not
+writable), written to a temporary name and renamed,
 so concurrent processes (msrun workers) never load a half-written file. Without a C++ compiler,
 or with ``TKFAC_MS_CPU_KERNELS=0``, :func:`conv_phi_library` returns ``None`` (with one
 warning when the build failed) and the MindSpore-op path is used.
@@ -49,9 +50,30 @@ def _cpu_signature() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("TKFAC_MS_CACHE") or os.path.join(Path.home(), ".cache", "tkfac_ms")
-    return Path(root)
+def _cache_dirs() -> list[Path]:
+    """``$TKFAC_MS_CACHE``, else ``~/.cache/tkfac_ms``, then a per-user temporary folder."""
+    env = os.environ.get("TKFAC_MS_CACHE")
+    first = Path(env) if env else Path.home() / ".cache" / "tkfac_ms"
+    return [first, Path(tempfile.gettempdir()) / f"tkfac_ms-{os.getuid()}"]
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile into a temporary file next to ``target``, then rename it (atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *FLAGS, "-o", tmp, str(SOURCE)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @cache
@@ -72,32 +94,24 @@ def conv_phi_library() -> str | None:
     key.update(SOURCE.read_bytes())
     key.update(" ".join((compiler, *FLAGS)).encode())
     key.update(_cpu_signature().encode())
-    target = _cache_dir() / f"conv_phi-{key.hexdigest()[:20]}.so"
-    if target.exists():
-        return str(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
+    name = f"conv_phi-{key.hexdigest()[:20]}.so"
+    error = ""
+    for folder in _cache_dirs():
+        target = folder / name
+        if target.exists():
+            return str(target)
         try:
-            subprocess.run(
-                [compiler, *FLAGS, "-o", tmp, str(SOURCE)],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        warnings.warn(
-            f"tkfac_ms: building {SOURCE.name} failed ({detail.strip()[:500]}); convolution "
-            "statistics on the CPU use the slower MindSpore-op path",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    return str(target)
+            _build(compiler, target)
+            return str(target)
+        except subprocess.CalledProcessError as exc:  # the compiler failed: no other folder helps
+            error = exc.stderr or str(exc)
+            break
+        except (OSError, subprocess.SubprocessError) as exc:  # e.g. a read-only cache folder
+            error = str(exc)
+    warnings.warn(
+        f"tkfac_ms: building {SOURCE.name} failed ({error.strip()[:500]}); convolution "
+        "statistics on the CPU use the slower MindSpore-op path",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return None

@@ -1,0 +1,127 @@
+"""The fused CPU kernel for a convolution's ``phi_sum`` (``tkfac_ms/csrc/conv_phi.cc``).
+
+Its numbers are checked against explicit-loop patches in
+``test_ms_stats.py::test_float32_conv_sums_equal_the_spec_on_explicit_patches`` (route
+``cpu_kernel``). Here: when it is used, how it falls back, and that a whole training run with
+it follows the MindSpore-op route.
+"""
+
+from __future__ import annotations
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor, nn
+
+import tkfac_ms
+from tkfac_ms import _cpu_kernels
+
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+
+
+@pytest.fixture
+def fresh_library():
+    """Forget the cached library path before and after the test (env changes take effect)."""
+    _cpu_kernels.conv_phi_library.cache_clear()
+    yield
+    _cpu_kernels.conv_phi_library.cache_clear()
+
+
+class _Net(nn.Cell):
+    """3x3 stride-1 conv (the kernel's main case), a strided conv with bias, a Dense head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, pad_mode="pad", padding=1, has_bias=False)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 5, 3, stride=2, pad_mode="same", has_bias=True)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Dense(5 * 4 * 4, 4)
+
+    def construct(self, x):
+        return self.fc(self.flatten(self.relu(self.conv2(self.relu(self.conv1(x))))))
+
+
+def _net(seed: int = 3) -> nn.Cell:
+    net = _Net()
+    rng = np.random.default_rng(seed)
+    for p in net.trainable_params():
+        p.set_data(Tensor((0.3 * rng.standard_normal(p.shape)).astype(np.float32)))
+    return net
+
+
+def test_optimizer_uses_the_kernel_for_float32_convolutions_on_cpu():
+    net = _net()
+    opt = tkfac_ms.TKFAC(net, 0.01)
+    kinds = {w.path: (w.kind, w.capture.cpu_phi is not None) for w in opt.layers}
+    assert kinds == {"conv1": ("conv", True), "conv2": ("conv", True), "fc": ("dense", False)}
+    # float64 factors keep the MindSpore-op path (the kernel is float32)
+    net64 = _net()
+    opt64 = tkfac_ms.TKFAC(net64, 0.01, factor_dtype=ms.float64)
+    assert all(w.capture.cpu_phi is None for w in opt64.layers)
+
+
+def test_disabled_by_environment(fresh_library, monkeypatch):
+    monkeypatch.setenv("TKFAC_MS_CPU_KERNELS", "0")
+    assert _cpu_kernels.conv_phi_library() is None
+    opt = tkfac_ms.TKFAC(_net(), 0.01)
+    assert all(w.capture.cpu_phi is None for w in opt.layers)
+
+
+def test_missing_compiler_falls_back_with_a_warning(fresh_library, monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TKFAC_MS_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="MindSpore-op path"):
+        assert _cpu_kernels.conv_phi_library() is None
+
+
+def test_library_is_built_once_per_cache_folder(fresh_library, monkeypatch, tmp_path):
+    monkeypatch.setenv("TKFAC_MS_CACHE", str(tmp_path))
+    path = _cpu_kernels.conv_phi_library()
+    assert path is not None and path.startswith(str(tmp_path))
+    mtime = (tmp_path / path.rsplit("/", 1)[1]).stat().st_mtime_ns
+    _cpu_kernels.conv_phi_library.cache_clear()
+    assert _cpu_kernels.conv_phi_library() == path  # found, not rebuilt
+    assert (tmp_path / path.rsplit("/", 1)[1]).stat().st_mtime_ns == mtime
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("approximation", ["tkfac_nor", "kfac"])
+def test_training_with_the_kernel_follows_the_ms_ops_route(approximation):
+    """Four steps (factor and inverse updates every step) with the kernel and without it: the
+    factor states and weights agree to float32 rounding (the two routes sum in different
+    orders), and the kernel route really ran (its captures hold the Custom op)."""
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((6, 3, 8, 8)).astype(np.float32))
+    y = Tensor(rng.integers(0, 4, 6).astype(np.int32))
+    results = {}
+    for route in ("cpu_kernel", "ms_ops"):
+        net = _net()
+        opt = tkfac_ms.TKFAC(
+            net,
+            0.05,
+            approximation=approximation,
+            fisher="empirical",
+            damping=1e-2,
+            factor_update_steps=1,
+            inv_update_steps=1,
+        )
+        for w in opt.layers:
+            w.capture.set_cpu_kernel(route == "cpu_kernel")
+        assert any(w.capture.cpu_phi is not None for w in opt.layers) == (route == "cpu_kernel")
+        cell = tkfac_ms.TKFACTrainOneStepCell(
+            nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
+            opt,
+        )
+        for _ in range(4):
+            cell(x, y)
+        results[route] = {
+            **{f"{w.path}.a": w.a_factor.asnumpy() for w in opt.layers},
+            **{f"{w.path}.g": w.g_factor.asnumpy() for w in opt.layers},
+            **{p.name: p.asnumpy() for p in net.trainable_params()},
+        }
+    for name, want in results["ms_ops"].items():
+        got = results["cpu_kernel"][name]
+        err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+        assert err < 1e-4, (name, err)
