@@ -195,6 +195,20 @@ def test_step_time_cli(tmp_path, capsys):
     assert json.loads((tmp_path / "st.json").read_text())["layers"] == 3
 
 
+def test_conv_stats(tmp_path):
+    from bench import conv_stats
+
+    res = conv_stats.main(
+        ["--batch", "4", "--repeat", "1", "--shapes", "2", "--json", str(tmp_path / "cs.json")]
+    )
+    assert [r["layer"] for r in res["rows"]] == [s[0] for s in conv_stats.SHAPES[:2]]
+    for row in res["rows"]:
+        # two different routes (bitwise equal would mean one route ran twice), same sums
+        assert 0 < row["phi_rel_diff"] < 1e-5
+        assert row["median_s"]["ms_ops"] > 0 and row["median_s"]["cpu_kernel"] > 0
+    assert json.loads((tmp_path / "cs.json").read_text())["rows"][0]["batch"] == 4
+
+
 def test_graph_memory(tmp_path):
     from bench import graph_memory
 
