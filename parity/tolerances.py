@@ -118,7 +118,7 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "update": Tolerance(6e-5, 6.2e-6, _D32 + "; worst: the classifier bias"),
         "momentum": Tolerance(1e-4, 2e-5, _STEP),
         "trajectory": Tolerance(3e-6, 3.5e-7, _TRAJ + "; BN running statistics"),
-        "final": Tolerance(8e-6, 8.8e-7, "as factors and inverses, after 4 factor updates"),
+        "final": Tolerance(8e-6, 9.1e-7, "as factors and inverses, after 4 factor updates"),
     },
     "vgg16_bn": {
         "forward": Tolerance(2e-5, 2.4e-6, _F32 + "; 13 conv-BN layers, 4608-term sums"),
