@@ -244,8 +244,14 @@ def test_learning_rate_schedule_cell_equals_per_step_list():
     finals = []
     for lr in (schedule, per_step):
         _, net = make_pair(seed=3)
-        opt = tkfac_ms.TKFAC(net, lr, fisher="empirical", factor_update_steps=2,
-                             inv_update_steps=2, factor_dtype=ms.float64)
+        opt = tkfac_ms.TKFAC(
+            net,
+            lr,
+            fisher="empirical",
+            factor_update_steps=2,
+            inv_update_steps=2,
+            factor_dtype=ms.float64,
+        )
         cell = tkfac_ms.TKFACTrainOneStepCell(CrossEntropy(net), opt)
         for step in range(5):
             x, y, _ = data(step)

@@ -10,6 +10,7 @@ from mindspore import dataset as mds
 from mindspore.train import Model
 
 import tkfac_ms
+from tkfac_ms.train_cell import _all_finite
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
@@ -308,3 +309,27 @@ def test_true_fisher_pass_leaves_batchnorm_updated_once():
         rtol=1e-6,
         atol=1e-7,
     )
+
+
+class _AllFinite(nn.Cell):
+    def construct(self, *tensors):
+        return _all_finite(tensors)
+
+
+@pytest.mark.parametrize(
+    "values, want",
+    [
+        ([np.ones((3, 4), np.float32), np.zeros(5, np.float32)], True),
+        ([np.ones((3, 4), np.float32), np.array([1.0, np.nan], np.float32)], False),
+        ([np.array([np.inf, -np.inf], np.float32)], False),  # their sum is NaN
+        ([np.array([np.inf], np.float32), np.array([-np.inf], np.float32)], False),
+        ([np.array([1.0, -np.inf], np.float64)], False),
+        # half precision is summed in float32: 4096 * 60000 overflows float16, not the check
+        ([np.full(4096, 60000.0, np.float16)], True),
+        ([np.array([1.0, np.nan], np.float16)], False),
+    ],
+)
+def test_all_finite_check(values, want):
+    """The train cell's non-finite check (one sum per tensor) against np.isfinite."""
+    assert all(np.isfinite(v).all() for v in values) == want
+    assert bool(_AllFinite()(*[Tensor(v) for v in values]).asnumpy()) == want

@@ -34,19 +34,23 @@ _NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.
 _apply_update = ops.MultitypeFuncGraph("tkfac_apply_update")
 
 
-@_apply_update.register("Tensor", "Number", "Tensor", "Number", "Tensor", "Tensor", "Tensor")
-def _momentum_step(lr, momentum, apply, weight_decay, weight, moment, d):
-    """Spec Sec. 5 steps 4-5: ``D += wd w``; ``v = tau v + D``; ``w -= lr v``.
+_apply_momentum = ops.ApplyMomentum()
 
-    Where ``apply`` is false (a non-finite step), ``v`` and ``w`` keep their values: selected,
-    not branched on, so NaN/Inf in ``d`` cannot leak in.
+
+@_apply_update.register("Tensor", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor")
+def _momentum_step(apply, lr, momentum, weight_decay, weight, moment, d):
+    """Spec Sec. 5 steps 4-5: ``D += wd w``; ``v = tau v + D``; ``w -= lr v`` (``ApplyMomentum``).
+
+    ``lr`` and ``momentum`` are scalars of the parameter's dtype, set by the caller to 0 and 1
+    where ``apply`` is false (a non-finite step); ``D`` is then replaced by 0 (selected, not
+    branched on, so NaN/Inf in ``d`` cannot leak in), and ``v`` and ``w`` keep their values
+    exactly (``v * 1 + 0``, ``w - 0 * v``). ``ApplyMomentum`` computes the same two lines
+    (bit-identical in float32 and float64, checked) as one kernel instead of eight small ops.
     """
     if weight_decay != 0.0:
         d = d + _math.const(weight_decay, weight) * weight
-    v = _math.const(momentum, moment) * moment + d
-    v = _math.where(apply, v, moment)
-    v = ops.depend(v, ops.assign(moment, v))
-    return ops.assign(weight, _math.where(apply, weight - ops.cast(lr, weight.dtype) * v, weight))
+    d = _math.where(apply, d, ops.zeros_like(d))
+    return _apply_momentum(weight, moment, lr, d, momentum)
 
 
 def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:
@@ -174,6 +178,9 @@ class TKFAC(nn.Optimizer):
         )
 
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
+        dtypes = [p.dtype for p in self._parameters]
+        self.update_dtypes = tuple(dict.fromkeys(dtypes))
+        self.dtype_index = tuple(self.update_dtypes.index(dt) for dt in dtypes)
         self.beta = Parameter(Tensor(1.0, factor_dtype), name="tkfac.beta", requires_grad=False)
         self.delta_state = ParameterTuple([w.delta for w in layers])
         self.a_factor = ParameterTuple([w.a_factor for w in layers])
@@ -335,8 +342,15 @@ class TKFAC(nn.Optimizer):
         if self.kl_clip is not None:
             nu = self.kl_scale(updates, gradients, lr)
             updates = tuple(u * ops.cast(nu, u.dtype) for u in updates)
+        # lr and momentum per parameter dtype (0 and 1 on a skipped step), then per parameter
+        lr_by, tau_by = (), ()
+        for dtype in self.update_dtypes:
+            lr_by += (ops.select(apply, ops.cast(lr, dtype), Tensor(0.0, dtype)),)
+            tau_by += (ops.select(apply, Tensor(self.momentum_value, dtype), Tensor(1.0, dtype)),)
         success = self.hyper_map(
-            ops.partial(_apply_update, lr, self.momentum_value, apply),
+            ops.partial(_apply_update, apply),
+            tuple(lr_by[k] for k in self.dtype_index),
+            tuple(tau_by[k] for k in self.dtype_index),
             self.decay_values,
             self._parameters,
             self.moments,
