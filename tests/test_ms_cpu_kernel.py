@@ -125,3 +125,51 @@ def test_training_with_the_kernel_follows_the_ms_ops_route(approximation):
         got = results["cpu_kernel"][name]
         err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
         assert err < 1e-4, (name, err)
+
+
+def _phi_sum_float64(x, r, kernel, stride, pad):
+    """``sum_{n,t} r a a^T`` in float64 from a NumPy im2col (zero padding, (c, i, j) order)."""
+    n, c, h, w = x.shape
+    _, ho, wo = r.shape
+    xp = np.zeros((n, c, h + 2 * pad + stride * ho, w + 2 * pad + stride * wo))
+    xp[:, :, pad : pad + h, pad : pad + w] = x
+    cols = [
+        xp[:, ch, i : i + stride * ho : stride, j : j + stride * wo : stride][:, :ho, :wo]
+        for ch in range(c)
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
+    a = np.stack(cols, -1).reshape(n * ho * wo, -1)
+    return (a * r.reshape(-1, 1)).T @ a
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, what",
+    [
+        ((3, 5, 6, 7), 3, 1, "one chunk: sums stored straight into the output"),
+        ((2, 4, 32, 32), 3, 1, "two chunks, shared by the threads"),
+        ((64, 3, 32, 16), 3, 1, "many chunks, split between the threads"),
+        ((4, 130, 4, 4), 1, 1, "d = 130: ragged 4x4 tiles and 64-row output blocks"),
+        ((8, 6, 33, 31), 3, 2, "stride 2, odd sizes, three chunks shared by the threads"),
+    ],
+)
+def test_kernel_work_splits_against_float64(shape, kernel, stride, what):
+    """Each way the kernel divides its work (by chunk count and size) against NumPy float64."""
+    layer = nn.Conv2d(shape[1], 4, kernel, stride=stride, pad_mode="pad", padding=kernel // 2)
+    (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
+    cap = wrapper.capture
+    assert cap.set_cpu_kernel(True)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(layer(Tensor(x)).shape).astype(np.float32)
+
+    @ms.jit
+    def sums(x, g):
+        return cap.sums(x, g)
+
+    phi = sums(Tensor(x), Tensor(g))[1].asnumpy()
+    r = (g.astype(np.float64) ** 2).sum(1)
+    want = _phi_sum_float64(x.astype(np.float64), r, kernel, stride, kernel // 2)
+    assert phi.shape == want.shape
+    assert np.abs(phi - want).max() <= 2e-6 * np.abs(want).max(), what
+    np.testing.assert_array_equal(phi, phi.T)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "conv_phi.cc"
 FUNCTION = "TkfacConvPhi"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-pthread")
+FLAGS = ("-O3", "-march=native", "-std=c++20", "-fPIC", "-shared", "-pthread")
 
 
 def enabled() -> bool:

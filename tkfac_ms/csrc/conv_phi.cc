@@ -15,13 +15,16 @@
 // accumulated in 4 x 4 tiles of 16-lane vectors (GCC vector extensions: AVX-512 or AVX2 code
 // from -march=native). Every chunk's tile sums are added to a float64 accumulator, so
 // the float32 rounding is that of a sum over one chunk (<= 1024 terms per lane-sum of 64).
-// Threads split the locations; their accumulators are added at the end.
+// Threads split the locations (private accumulators, added at the end) when there are many
+// chunks, else each chunk (its panel's channels, then its tile rows; one shared accumulator);
+// they then write the symmetric output in blocks.
 //
 // MindSpore AOT signature (ops.Custom(func_type="aot")): inputs x [N, C, H, W] float32,
 // r [N, Ho, Wo] float32, geom [10] int32 = (kh, kw, sh, sw, dh, dw, pad_top, pad_left,
 // has_bias, threads) (a pad of -1: pad_mode "same", derived from the sizes); output phi [dd, dd] float32, dd = C*kh*kw + has_bias.
 
 #include <algorithm>
+#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -80,10 +83,12 @@ inline void add4(double* o, v4 s) {
   o[3] += s[3];
 }
 
-// Fills P (d4 rows, stride ld floats) for output rows [row0, row1) of the flattened (n, ty)
-// index, `cols` = (row1 - row0) * wo columns; returns cols rounded up to 16 (zero padded).
+// Fills the rows of P (stride ld floats) of input channels [c0, c1) (and, if `extra`, the bias
+// row and the zero rows up to d4) for output rows [row0, row1) of the flattened (n, ty) index:
+// `cols` = (row1 - row0) * wo columns; returns cols rounded up to 16 (zero padded). `wbuf`
+// receives sqrt(r) of those locations.
 int64_t fill_panel(const Geom& g, const float* x, const float* r, int64_t row0, int64_t row1,
-                   float* P, int64_t ld, float* wbuf) {
+                   int64_t c0, int64_t c1, bool extra, float* P, int64_t ld, float* wbuf) {
   const int64_t wo = g.wo;
   const int64_t cols = (row1 - row0) * wo;
   const int64_t cols16 = (cols + 15) / 16 * 16;
@@ -93,7 +98,7 @@ int64_t fill_panel(const Geom& g, const float* x, const float* r, int64_t row0, 
   }
   for (int64_t q = cols; q < cols16; ++q) wbuf[q] = 0.f;
   const int64_t hw = g.h * g.w;
-  for (int64_t c = 0; c < g.c; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     for (int64_t ky = 0; ky < g.kh; ++ky) {
       for (int64_t kx = 0; kx < g.kw; ++kx) {
         float* dst = P + ((c * g.kh + ky) * g.kw + kx) * ld;
@@ -125,6 +130,7 @@ int64_t fill_panel(const Geom& g, const float* x, const float* r, int64_t row0, 
       }
     }
   }
+  if (!extra) return cols16;
   int64_t row = g.c * g.kh * g.kw;
   if (g.has_bias) {
     std::memcpy(P + row * ld, wbuf, sizeof(float) * cols16);
@@ -134,10 +140,15 @@ int64_t fill_panel(const Geom& g, const float* x, const float* r, int64_t row0, 
   return cols16;
 }
 
-// acc[i * d4 + k] += sum_q P[i, q] P[k, q] for the 4x4 tiles with k-tile >= i-tile.
-void syrk_upper(const float* P, int64_t ld, int64_t cols16, int64_t d4, double* acc) {
+// acc[i * d4 + k] += sum_q P[i, q] P[k, q] for the 4x4 tiles with k-tile >= i-tile, of the
+// tile rows ib = 4 * (tid + j * threads) (interleaved: the rows shorten along the triangle).
+// kStore: the panel is the only chunk; the sums go straight into the d x d output `out`
+// (entries inside it only) instead of being added to `acc`.
+template <bool kStore>
+void syrk_upper(const float* P, int64_t ld, int64_t cols16, int64_t d4, double* acc, float* out,
+                int64_t d, int64_t tid, int64_t threads) {
   const int64_t nv = cols16 / VLANES;
-  for (int64_t ib = 0; ib < d4; ib += 4) {
+  for (int64_t ib = 4 * tid; ib < d4; ib += 4 * threads) {
     const vf* a0 = reinterpret_cast<const vf*>(P + (ib + 0) * ld);
     const vf* a1 = reinterpret_cast<const vf*>(P + (ib + 1) * ld);
     const vf* a2 = reinterpret_cast<const vf*>(P + (ib + 2) * ld);
@@ -159,30 +170,93 @@ void syrk_upper(const float* P, int64_t ld, int64_t cols16, int64_t d4, double* 
         c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
         c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
       }
-      double* o = acc + ib * d4 + kb;
-      add4(o, hsum4(c00, c01, c02, c03));
-      add4(o + d4, hsum4(c10, c11, c12, c13));
-      add4(o + 2 * d4, hsum4(c20, c21, c22, c23));
-      add4(o + 3 * d4, hsum4(c30, c31, c32, c33));
+      const v4 rows4[4] = {hsum4(c00, c01, c02, c03), hsum4(c10, c11, c12, c13),
+                           hsum4(c20, c21, c22, c23), hsum4(c30, c31, c32, c33)};
+      if constexpr (kStore) {
+        for (int64_t ii = 0; ii < 4 && ib + ii < d; ++ii)
+          for (int64_t kk = 0; kk < 4 && kb + kk < d; ++kk) out[(ib + ii) * d + kb + kk] = rows4[ii][kk];
+      } else {
+        for (int64_t ii = 0; ii < 4; ++ii) add4(acc + (ib + ii) * d4 + kb, rows4[ii]);
+      }
     }
   }
 }
 
-void worker(const Geom& g, const float* x, const float* r, int64_t row0, int64_t row1,
-            double* acc) {
-  // output rows per chunk: about 1024 columns, fewer when the panel would leave L2
-  int64_t target = std::max<int64_t>(128, std::min<int64_t>(1024, (1 << 18) / g.d4));
-  int64_t rows_per = std::max<int64_t>(1, target / g.wo);
-  const int64_t ld = (rows_per * g.wo + 15) / 16 * 16;
-  float* P = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * ld * g.d4));
-  float* wbuf = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * ld));
-  for (int64_t r0 = row0; r0 < row1; r0 += rows_per) {
-    const int64_t r1 = std::min(row1, r0 + rows_per);
-    const int64_t cols16 = fill_panel(g, x, r, r0, r1, P, ld, wbuf);
-    syrk_upper(P, ld, cols16, g.d4, acc);
+struct Job {
+  Geom g;
+  const float* x;
+  const float* r;
+  float* P;         // the shared panel, d4 x ld
+  int64_t ld;
+  int64_t rows_per;  // output rows per chunk
+  double* acc;      // d4 x d4, upper tiles used
+  float* out;       // d x d
+  int64_t threads;
+  std::barrier<>* sync;
+};
+
+// Splitting the locations (each thread its own rows, panel and float64 accumulator, added at
+// the end): no synchronisation, for many chunks and small d.
+void worker_rows(const Job* job, int64_t tid, double* acc) {
+  const Geom& g = job->g;
+  const int64_t rows = g.n * g.ho;
+  float* P = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * job->ld * g.d4));
+  float* wbuf = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * job->ld));
+  const int64_t a = rows * tid / job->threads, b = rows * (tid + 1) / job->threads;
+  for (int64_t r0 = a; r0 < b; r0 += job->rows_per) {
+    const int64_t r1 = std::min(b, r0 + job->rows_per);
+    const int64_t cols16 = fill_panel(g, job->x, job->r, r0, r1, 0, g.c, true, P, job->ld, wbuf);
+    syrk_upper<false>(P, job->ld, cols16, g.d4, acc, nullptr, g.d, 0, 1);
   }
   std::free(P);
   std::free(wbuf);
+}
+
+// Splitting each chunk (the panel's channels, then the tile rows; two barriers per chunk) with
+// one shared accumulator: for few chunks or large d.
+void worker_tiles(const Job* job, int64_t tid) {
+  const Geom& g = job->g;
+  float* wbuf = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * job->ld));
+  const int64_t rows = g.n * g.ho;
+  const int64_t c0 = g.c * tid / job->threads, c1 = g.c * (tid + 1) / job->threads;
+  for (int64_t r0 = 0; r0 < rows; r0 += job->rows_per) {
+    const int64_t r1 = std::min(rows, r0 + job->rows_per);
+    const int64_t cols16 =
+        fill_panel(g, job->x, job->r, r0, r1, c0, c1, tid == 0, job->P, job->ld, wbuf);
+    job->sync->arrive_and_wait();
+    if (job->acc == nullptr)
+      syrk_upper<true>(job->P, job->ld, cols16, g.d4, nullptr, job->out, g.d, tid, job->threads);
+    else
+      syrk_upper<false>(job->P, job->ld, cols16, g.d4, job->acc, nullptr, g.d, tid, job->threads);
+    job->sync->arrive_and_wait();
+  }
+  std::free(wbuf);
+}
+
+// The output from the upper triangle of the accumulator, mirrored, in 64 x 64 blocks (block
+// rows interleaved over the threads).
+void write_out(const Job* job, int64_t tid) {
+  const Geom& g = job->g;
+  const int64_t B = 64;
+  for (int64_t bi = B * tid; bi < g.d; bi += B * job->threads) {
+    for (int64_t bk = bi; bk < g.d; bk += B) {
+      for (int64_t i = bi; i < std::min(bi + B, g.d); ++i) {
+        for (int64_t k = std::max(i, bk); k < std::min(bk + B, g.d); ++k) {
+          const float v = job->acc ? static_cast<float>(job->acc[i * g.d4 + k]) : job->out[i * g.d + k];
+          job->out[i * g.d + k] = v;
+          job->out[k * g.d + i] = v;
+        }
+      }
+    }
+  }
+}
+
+template <class F>
+void run_threads(int64_t threads, F fn) {
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(fn, t);
+  fn(0);
+  for (auto& th : pool) th.join();
 }
 
 }  // namespace
@@ -213,25 +287,37 @@ extern "C" int TkfacConvPhi(int nparam, void** params, int* ndims, int64_t** sha
   g.d = g.c * g.kh * g.kw + g.has_bias;
   g.d4 = (g.d + 3) / 4 * 4;
   if (shapes[1][0] != g.n || shapes[3][0] != g.d || shapes[3][1] != g.d) return 3;
+  // output rows per chunk: about 1024 columns, fewer when the panel would leave L2
+  const int64_t target = std::max<int64_t>(128, std::min<int64_t>(1024, (1 << 18) / g.d4));
+  Job job{};
+  job.g = g;
+  job.x = x;
+  job.r = r;
+  job.out = out;
+  job.rows_per = std::max<int64_t>(1, target / g.wo);
+  job.ld = (job.rows_per * g.wo + 15) / 16 * 16;
   const int64_t rows = g.n * g.ho;
-  threads = std::max<int64_t>(1, std::min<int64_t>(threads, rows));
-  std::vector<std::vector<double>> accs(threads, std::vector<double>(g.d4 * g.d4, 0.0));
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t a = rows * t / threads, b = rows * (t + 1) / threads;
-    pool.emplace_back(worker, std::cref(g), x, r, a, b, accs[t].data());
+  const int64_t chunks = (rows + job.rows_per - 1) / job.rows_per;
+  const int64_t d2 = g.d4 * g.d4;
+  std::vector<double> acc(chunks > 1 ? d2 : 0, 0.0);  // one chunk: sums stored into `out`
+  job.acc = chunks > 1 ? acc.data() : nullptr;
+  if (chunks >= 4 * threads && threads * d2 * 8 <= (int64_t{256} << 20)) {
+    job.threads = std::max<int64_t>(1, std::min<int64_t>(threads, rows));
+    std::vector<std::vector<double>> extra(job.threads - 1, std::vector<double>(d2, 0.0));
+    run_threads(job.threads, [&](int64_t t) {
+      worker_rows(&job, t, t == 0 ? acc.data() : extra[t - 1].data());
+    });
+    for (auto& e : extra)
+      for (int64_t i = 0; i < d2; ++i) acc[i] += e[i];
+  } else {
+    job.threads = std::max<int64_t>(1, std::min<int64_t>({threads, g.c, g.d4 / 4}));
+    job.P = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * job.ld * g.d4));
+    std::barrier<> sync(job.threads);
+    job.sync = &sync;
+    run_threads(job.threads, [&](int64_t t) { worker_tiles(&job, t); });
+    std::free(job.P);
   }
-  worker(g, x, r, 0, rows / threads, accs[0].data());
-  for (auto& th : pool) th.join();
-  for (int64_t t = 1; t < threads; ++t)
-    for (int64_t i = 0; i < g.d4 * g.d4; ++i) accs[0][i] += accs[t][i];
-  const double* acc = accs[0].data();
-  for (int64_t i = 0; i < g.d; ++i) {
-    for (int64_t k = i; k < g.d; ++k) {
-      const float v = static_cast<float>(acc[i * g.d4 + k]);
-      out[i * g.d + k] = v;
-      out[k * g.d + i] = v;
-    }
-  }
+  job.threads = std::max<int64_t>(1, threads);
+  run_threads(job.threads, [&](int64_t t) { write_out(&job, t); });
   return 0;
 }
