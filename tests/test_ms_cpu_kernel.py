@@ -108,7 +108,7 @@ def test_training_with_the_kernel_follows_the_ms_ops_route(approximation):
             inv_update_steps=1,
         )
         for w in opt.layers:
-            w.capture.set_cpu_kernel(route == "cpu_kernel")
+            w.capture.set_cpu_kernel(route == "cpu_kernel", min_locations=0)
         assert any(w.capture.cpu_phi is not None for w in opt.layers) == (route == "cpu_kernel")
         cell = tkfac_ms.TKFACTrainOneStepCell(
             nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")),
@@ -158,7 +158,7 @@ def test_kernel_work_splits_against_float64(shape, kernel, stride, what):
     layer = nn.Conv2d(shape[1], 4, kernel, stride=stride, pad_mode="pad", padding=kernel // 2)
     (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
     cap = wrapper.capture
-    assert cap.set_cpu_kernel(True)
+    assert cap.set_cpu_kernel(True, min_locations=0)
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
     g = rng.standard_normal(layer(Tensor(x)).shape).astype(np.float32)
@@ -173,3 +173,29 @@ def test_kernel_work_splits_against_float64(shape, kernel, stride, what):
     assert phi.shape == want.shape
     assert np.abs(phi - want).max() <= 2e-6 * np.abs(want).max(), what
     np.testing.assert_array_equal(phi, phi.T)
+
+
+def test_small_batches_take_the_op_path():
+    """Below ``min_locations`` output locations the op path runs (bit-identical to it), from
+    there on the kernel (different rounding)."""
+    layer = nn.Conv2d(3, 4, 3, pad_mode="pad", padding=1)
+    (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
+    cap = wrapper.capture
+    rng = np.random.default_rng(2)
+    x = Tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))  # 256 locations
+    g = Tensor(rng.standard_normal((4, 4, 8, 8)).astype(np.float32))
+
+    def phi(enable, min_locations):
+        cap.set_cpu_kernel(enable, min_locations=min_locations)
+
+        @ms.jit
+        def sums(x, g):
+            return cap.sums(x, g)
+
+        return sums(x, g)[1].asnumpy()
+
+    ops_route = phi(False, 0)
+    np.testing.assert_array_equal(phi(True, 257), ops_route)
+    kernel = phi(True, 256)
+    assert not np.array_equal(kernel, ops_route)
+    assert np.abs(kernel - ops_route).max() <= 1e-6 * np.abs(ops_route).max()

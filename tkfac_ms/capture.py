@@ -53,6 +53,13 @@ def _same_pads(shape, kernel_size, stride, dilation):
     return pads
 
 
+#: Output locations ``N * H_out * W_out`` from which a convolution's ``phi_sum`` on the CPU comes
+#: from the C++ kernel: below it the kernel's fixed ``d x d`` costs (building and mirroring the
+#: output) exceed what its product saves (measured: at ``d = 4608`` and 32 locations 43 ms
+#: against ~15 ms; at ResNet-20's sizes, 8192 locations and more, 4x faster).
+CPU_KERNEL_MIN_LOCATIONS = 256
+
+
 class _FactorCapture(nn.Cell):
     """Identity on ``y`` whose ``bprop`` emits the factor statistics into the probe slots."""
 
@@ -112,16 +119,20 @@ class _FactorCapture(nn.Cell):
         # the fused CPU kernel for phi_sum (set_cpu_kernel; None: the MindSpore-op path)
         self.cpu_phi = None
         self.cpu_phi_geom = None
+        self.cpu_phi_min_locations = CPU_KERNEL_MIN_LOCATIONS
 
-    def set_cpu_kernel(self, enable: bool) -> bool:
+    def set_cpu_kernel(self, enable: bool, min_locations: int = CPU_KERNEL_MIN_LOCATIONS) -> bool:
         """Use the fused C++ kernel (``csrc/conv_phi.cc``) for ``phi_sum`` of a float32 conv.
 
         Set by :class:`~tkfac_ms.TKFAC` when the device is the CPU. Returns whether it is in use:
         never for Dense layers, float64 factors, or when the library cannot be built (then the
-        MindSpore-op path, which computes the same sums, is used).
+        MindSpore-op path, which computes the same sums, is used). Batches with fewer than
+        ``min_locations`` output locations ``N * H_out * W_out`` (a compile-time shape) also take
+        the op path: there the kernel's ``d x d`` overheads outweigh its faster product.
         """
         self.cpu_phi = None
         self.cpu_phi_geom = None
+        self.cpu_phi_min_locations = int(min_locations)
         if not enable or self.kind != "conv" or self.compute_dtype != mstype.float32:
             return False
         lib = _cpu_kernels.conv_phi_library()
@@ -201,7 +212,9 @@ class _FactorCapture(nn.Cell):
         four (a compiled CPU graph keeps every one), and a faster factor step
         (docs/performance.md). The bias row/column: ``sum r a`` and ``sum r``.
         """
-        if self.cpu_phi is not None:
+        if self.cpu_phi is not None and (
+            g.shape[0] * g.shape[2] * g.shape[3] >= self.cpu_phi_min_locations
+        ):
             return self._conv_sums_cpu_kernel(x, g)
         cols = self.patch_conv(x, self.patch_kernel)  # [N, d0, Ho, Wo]
         if self.is_kfac:
