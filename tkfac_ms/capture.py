@@ -212,19 +212,30 @@ class _FactorCapture(nn.Cell):
         four (a compiled CPU graph keeps every one), and a faster factor step
         (docs/performance.md). The bias row/column: ``sum r a`` and ``sum r``.
         """
-        if self.cpu_phi is not None and (
-            g.shape[0] * g.shape[2] * g.shape[3] >= self.cpu_phi_min_locations
-        ):
-            return self._conv_sums_cpu_kernel(x, g)
-        cols = self.patch_conv(x, self.patch_kernel)  # [N, d0, Ho, Wo]
         if self.is_kfac:
+            a_sum = self._conv_phi_sum(x, g, None)
+            return ops.zeros((), mstype.float32), a_sum, self._kfac_g_sum(g)
+        s, r = self._location_norms(x, g)
+        return (s * r).sum(), self._conv_phi_sum(x, g, r), self._psi_sum(g, s)
+
+    def _conv_phi_sum(self, x, g, r):
+        """``sum r a a^T`` with the bias row (``r = None``: KFAC's unweighted ``sum a a^T``).
+
+        From the fused C++ kernel where it is set and the batch has enough locations, else from
+        MindSpore ops.
+        """
+        n, ho, wo = g.shape[0], g.shape[2], g.shape[3]
+        if self.cpu_phi is not None and n * ho * wo >= self.cpu_phi_min_locations:
+            w = ops.ones((n, ho, wo), mstype.float32) if r is None else r.reshape(n, ho, wo)
+            return self.cpu_phi(x, w, self.cpu_phi_geom)
+        cols = self.patch_conv(x, self.patch_kernel)  # [N, d0, Ho, Wo]
+        if r is None:
             b = _channel_major(cols)
             a_sum = self.matmul_nt(b, b)
             if self.has_bias:
                 total = ops.ones((1, 1), mstype.float32) * b.shape[1]
                 a_sum = _with_bias_row(a_sum, b.sum(1, keepdims=True), total)
-            return ops.zeros((), mstype.float32), a_sum, self._kfac_g_sum(g)
-        s, r = self._location_norms(x, g)
+            return a_sum
         sqrt_r = ops.sqrt(r)
         b = _channel_major(cols * sqrt_r)  # [d0, N*T]
         a_sum = self.matmul_nt(b, b)
@@ -232,17 +243,7 @@ class _FactorCapture(nn.Cell):
             a_sum = _with_bias_row(
                 a_sum, self.matmul_nt(b, sqrt_r.reshape(1, -1)), r.sum().reshape(1, 1)
             )
-        return (s * r).sum(), a_sum, self._psi_sum(g, s)
-
-    def _conv_sums_cpu_kernel(self, x, g):
-        """:meth:`_conv_sums` with ``phi_sum`` (bias row included) from the fused C++ kernel."""
-        if self.is_kfac:
-            ones = ops.ones((g.shape[0], g.shape[2], g.shape[3]), mstype.float32)
-            a_sum = self.cpu_phi(x, ones, self.cpu_phi_geom)
-            return ops.zeros((), mstype.float32), a_sum, self._kfac_g_sum(g)
-        s, r = self._location_norms(x, g)
-        a_sum = self.cpu_phi(x, r.reshape(g.shape[0], g.shape[2], g.shape[3]), self.cpu_phi_geom)
-        return (s * r).sum(), a_sum, self._psi_sum(g, s)
+        return a_sum
 
     def _location_norms(self, x, g):
         """``s = ||a||^2`` and ``r = ||u||^2`` per location, ``[N, 1, Ho, Wo]`` each."""
