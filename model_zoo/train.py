@@ -2,20 +2,29 @@
 
 One device::
 
-    python model_zoo/train.py --config model_zoo/config/cifar10_resnet20.yaml \
+    python -m model_zoo.train --config model_zoo/config/cifar10_resnet20.yaml \
         --device CPU --data-path /data/cifar-10-batches-bin [--output DIR] [--<field> V ...]
 
 Several (data parallel, mean gradients; ``batch_size`` stays the global batch)::
 
     msrun --worker_num 2 --local_worker_num 2 model_zoo/train.py --config ... --device CPU
 
-``--resume`` continues the run in the output folder from its newest checkpoint (or
-``--resume PATH`` from that file) with the optimizer state, the step counter and the data order
-of the uninterrupted run. The launchers in ``scripts/`` wrap these commands; every config field
-can be overridden as ``--<field> value`` (see ``model_zoo/README.md``).
+``python -m model_zoo.train --help`` lists every option and config field with its default.
 
-Writes to the output folder (default ``outputs/<config name>``): ``config.yaml`` (the resolved
-settings), ``checkpoints/epoch_<e>.ckpt``, ``metrics.csv``, ``metrics.json`` and ``curves.png``.
+Output folder (default ``outputs/<config name>``): ``config.yaml`` (the resolved settings),
+``checkpoints/epoch_<e>.ckpt``, ``metrics.csv``, ``metrics.json`` and ``curves.png``. A run
+holds the folder's ``.lock`` while it lives: a second run in the same folder is refused. A new
+run (without ``--resume``) refuses a folder that holds an earlier run's checkpoints or metrics,
+and never deletes anything.
+
+``--resume`` continues the run in the output folder (``--resume DIR``: in DIR; ``--resume
+CKPT``: from that file) with the settings of its saved ``config.yaml`` (flags given on the
+command line override them; only a few may change), the optimizer state, the step counter and
+the data order of the uninterrupted run.
+
+Exit status: 0 done, 1 stopped because training diverged (non-finite loss for a whole epoch,
+or too many skipped non-finite steps; the last good checkpoint is kept), 2 a usage error (one
+``error: ...`` line on stderr).
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from model_zoo.src.trainer import (  # noqa: E402
     ConfigError,
     TrainConfig,
     Trainer,
+    ZooArgumentParser,
     add_override_args,
     create_lr,
     create_optimizer,
@@ -62,48 +72,173 @@ from model_zoo.src.trainer.callbacks import (  # noqa: E402
     CheckpointCallback,
     EvalCallback,
     MetricsLogger,
+    NonfiniteMonitor,
     PlotCallback,
     ProgressLogger,
     write_atomic,
 )
 from model_zoo.src.trainer.checkpoint import CHECKPOINT_DIR  # noqa: E402
 from model_zoo.src.trainer.plot import load_run, plot_runs  # noqa: E402
+from model_zoo.src.trainer.rundir import RunFolderError, RunLock, previous_run_files  # noqa: E402
 
 # Settings a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "device", "output_dir", "log_interval", "keep_checkpoints", "data_path"}
+    {
+        "epochs",
+        "device",
+        "output_dir",
+        "log_interval",
+        "keep_checkpoints",
+        "data_path",
+        "data_workers",
+        "max_skipped_fraction",
+    }
 )
-RUN_FILES = ("metrics.csv", "metrics.json", "curves.png")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line: ``--config``, ``--output``, ``--resume`` and config overrides."""
-    parser = argparse.ArgumentParser(
-        prog="model_zoo/train.py",
-        description="Train a model-zoo network with TKFAC or a baseline optimizer.",
+def _config_defaults(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The settings of ``--config`` FILE (if given and readable), shown as defaults in --help."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", "-c")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return {}
+    try:
+        return resolve_config(load_config(known.config), stem=Path(known.config).stem).to_dict()
+    except ConfigError:
+        return {}  # reported when the command line is resolved
+
+
+def make_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line: ``--config``, ``--output``, ``--resume`` and every config field."""
+    parser = ZooArgumentParser(
+        prog="python -m model_zoo.train",
+        description="Train a model-zoo network with TKFAC or a baseline optimizer.\n\n"
+        "Settings, lowest precedence first: the defaults below, the --config file (its top\n"
+        "level, then its block for the selected optimizer), the command line. With --config,\n"
+        "the defaults shown are that file's.",
+        epilog="output folder (--output, default outputs/<config name>): config.yaml,\n"
+        "checkpoints/epoch_<e>.ckpt, metrics.csv, metrics.json, curves.png. One live run per\n"
+        "folder (.lock); without --resume a folder that holds an earlier run is refused.\n\n"
+        "exit status: 0 done; 1 stopped because training diverged (the last good checkpoint\n"
+        "is kept); 2 usage error (one 'error: ...' line on stderr).\n\n"
+        "examples:\n"
+        "  python -m model_zoo.train --config model_zoo/config/digits_resnet20_tkfac_new.yaml\n"
+        "  python -m model_zoo.train --output outputs/digits_resnet20_tkfac_new --resume \\\n"
+        "      --epochs 10",
     )
-    parser.add_argument("--config", "-c", help="YAML run config (model_zoo/config/*.yaml)")
-    parser.add_argument("--output", help="output folder (default: outputs/<config name>)")
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML run config (model_zoo/config/*.yaml)"
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help="output folder (default: the config's output_dir, or outputs/<config name>)",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",
         const="latest",
         default=None,
-        metavar="CKPT",
-        help="continue the run in the output folder from its newest checkpoint, or from CKPT",
+        metavar="CKPT|DIR",
+        help="continue the run in the output folder (or in DIR) from its newest checkpoint, or "
+        "from CKPT, with the settings of the run's config.yaml; flags given here override them "
+        f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)",
     )
-    add_override_args(parser)
-    return parser.parse_args(argv)
+    add_override_args(parser, defaults)
+    return parser
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    """Resolve the run's settings: defaults, config file, optimizer block, command line."""
-    raw = load_config(args.config) if args.config else {}
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (``--help`` shows the ``--config`` file's values as defaults)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return make_parser(_config_defaults(argv)).parse_args(argv)
+
+
+def _run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
+
+
+def _read_saved_config(path: Path) -> dict[str, Any]:
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the run's settings {path}: {exc}") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    unknown = sorted(set(saved) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}")
+    return saved
+
+
+def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
+    """Resolve the run's settings and, with ``--resume``, the checkpoint to start from.
+
+    A new run: defaults, config file, its optimizer block, command line. A resumed run: the
+    run's saved ``config.yaml``, then the command line (checked against
+    :data:`RESUMABLE_CHANGES`).
+
+    Returns:
+        ``(config, checkpoint)``; the checkpoint is None for a new run.
+
+    Raises:
+        ConfigError: bad settings, or nothing to resume from.
+    """
     overrides = overrides_from_args(args)
     if args.output is not None:
         overrides["output_dir"] = args.output
-    stem = Path(args.config).stem if args.config else "run"
-    return resolve_config(raw, overrides, stem=stem)
+    stem = Path(args.config).stem if args.config else None
+    if args.resume is None:
+        raw = load_config(args.config) if args.config else {}
+        return resolve_config(raw, overrides, stem=stem or "run"), None
+
+    given_dir = given_ckpt = None
+    if args.resume != "latest":
+        target = Path(args.resume)
+        if target.is_dir():
+            given_dir = target
+        elif target.is_file():
+            given_ckpt = target
+        else:
+            raise ConfigError(f"--resume: no such checkpoint or run folder: {target}")
+    if overrides.get("output_dir") is not None:
+        out = Path(overrides["output_dir"])
+    elif given_dir is not None:
+        out = given_dir
+    elif given_ckpt is not None:
+        out = _run_dir_of(given_ckpt)
+    elif args.config:
+        raw = load_config(args.config)
+        out = Path(resolve_config(raw, stem=stem).output_dir or f"outputs/{stem}")
+    else:
+        raise ConfigError("--resume needs the run's folder: --output DIR or --resume DIR")
+    overrides["output_dir"] = str(out)
+
+    saved_file = next(
+        (
+            d / "config.yaml"
+            for d in (out, given_dir, given_ckpt and _run_dir_of(given_ckpt))
+            if d is not None and (d / "config.yaml").is_file()
+        ),
+        None,
+    )
+    if saved_file is not None:
+        saved = _read_saved_config(saved_file)
+        cfg = resolve_config(saved, overrides)
+        _check_resumable(cfg, saved, saved_file)
+    elif args.config:
+        cfg = resolve_config(load_config(args.config), overrides, stem=stem)
+    else:
+        raise ConfigError(f"--resume: no config.yaml in {out}; pass the run's --config")
+
+    if given_ckpt is not None:
+        return cfg, given_ckpt
+    folder = given_dir or out
+    ckpt = latest_checkpoint(folder)
+    if ckpt is None:
+        raise ConfigError(f"--resume: no checkpoint in {folder / CHECKPOINT_DIR}")
+    return cfg, ckpt
 
 
 def model_kwargs(cfg: TrainConfig, image_size: int) -> dict[str, Any]:
@@ -193,62 +328,84 @@ def build_run(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> Run:
     return Run(cfg, net, optimizer, cell, train_data, eval_data, steps, lr, rank, world_size)
 
 
-def _check_resumable(cfg: TrainConfig, out: Path) -> None:
-    saved_path = out / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], where: Path) -> None:
     now = cfg.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    defaults = TrainConfig().to_dict()
+    changed = sorted(
+        k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]
+    )
     if changed:
-        diffs = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        diffs = "; ".join(f"{k}: {saved.get(k, defaults[k])!r} -> {now[k]!r}" for k in changed)
         raise ConfigError(
-            f"--resume with settings that differ from the run in {out} ({diffs}); only "
+            f"--resume with settings that differ from the run's {where} ({diffs}); only "
             f"{', '.join(sorted(RESUMABLE_CHANGES))} may change"
         )
 
 
-def _clear_previous_run(out: Path) -> None:
-    stale = [p for p in (out / CHECKPOINT_DIR).glob("*.ckpt")] + [
-        out / f for f in RUN_FILES if (out / f).exists()
-    ]
-    if stale:
-        print(
-            f"note: {out} held a previous run; its checkpoints and metrics are replaced "
-            "(use --resume to continue a run instead)",
-            flush=True,
-        )
-        for p in stale:
-            p.unlink()
+def _prepare_folder(out: Path, resuming: bool) -> RunLock:
+    """Lock ``out`` for this run; a new run refuses a folder that holds an earlier run.
+
+    Raises:
+        RunFolderError: another live run holds the folder, it is not writable, or (new run)
+            it holds an earlier run's checkpoints or metrics.
+    """
+    lock = RunLock(out).acquire()
+    if not resuming:
+        found = previous_run_files(out)
+        if found:
+            lock.release()
+            shown = ", ".join(str(p.relative_to(out)) for p in found[:4])
+            raise RunFolderError(
+                f"{out} already holds a run ({shown}{' ...' if len(found) > 4 else ''}); "
+                f"nothing was changed. Continue it with --resume, or start a new run with "
+                "--output NEW_FOLDER"
+            )
+    return lock
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train as the command line says; returns the exit status."""
+    """Train as the command line says; returns the exit status (0, 1 diverged, 2 usage)."""
     args = parse_args(argv)
+    lock: RunLock | None = None
     try:
-        cfg = build_config(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    rank, world = setup_context(cfg.device)
-    lead = rank == 0
-    out = Path(cfg.output_dir or "outputs/run")
-    prefix = f"[rank {rank}/{world}] " if world > 1 else ""
-    try:
-        ckpt = None
-        if args.resume is not None:
-            _check_resumable(cfg, out)
-            ckpt = latest_checkpoint(out) if args.resume == "latest" else Path(args.resume)
-            if ckpt is None:
-                raise ConfigError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
+        cfg, ckpt = build_config(args)
+        rank, world = setup_context(cfg.device)
+        lead = rank == 0
+        out = Path(cfg.output_dir or "outputs/run")
+        if lead:  # only rank 0 writes to the folder
+            lock = _prepare_folder(out, resuming=ckpt is not None)
         run = build_run(cfg, rank, world)
         start_epoch, start_step = 0, 0
         if ckpt is not None:
             start_epoch, start_step = load_checkpoint_for_resume(ckpt, run.train_cell)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if lead:
+            # Atomic: other workers of a resumed msrun job may be reading it.
+            write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    except (ConfigError, RunFolderError, FileNotFoundError, ValueError, OSError) as exc:
+        if lock is not None:
+            lock.release()
+        text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        print(f"error: {text}", file=sys.stderr)
         return 2
+    try:
+        return _train(args, cfg, run, out, ckpt, start_epoch, start_step)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(
+    args: argparse.Namespace,
+    cfg: TrainConfig,
+    run: Run,
+    out: Path,
+    ckpt: Path | None,
+    start_epoch: int,
+    start_step: int,
+) -> int:
+    rank, world = run.rank, run.world_size
+    lead = rank == 0
+    prefix = f"[rank {rank}/{world}] " if world > 1 else ""
     print(
         f"{prefix}{cfg.model} on {cfg.dataset} with {cfg.optimizer}: {cfg.epochs} epochs x "
         f"{run.steps_per_epoch} steps, batch {cfg.batch_size}"
@@ -261,16 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     history: list[dict] = []
     steps: list[dict] = []
-    if lead:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            _clear_previous_run(out)
-        elif (out / "metrics.json").is_file():  # keep the rows up to the checkpoint
-            old = load_run(out)
-            history = [r for r in old.get("epochs", []) if r["epoch"] <= start_epoch]
-            steps = [r for r in old.get("steps", []) if r["step"] <= start_step]
-        # Atomic: other workers of a resumed msrun job may be reading it.
-        write_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if lead and ckpt is not None and (out / "metrics.json").is_file():
+        old = load_run(out)  # keep the rows up to the checkpoint
+        history = [r for r in old.get("epochs", []) if r["epoch"] <= start_epoch]
+        steps = [r for r in old.get("steps", []) if r["step"] <= start_step]
 
     run_info = {
         "model": cfg.model,
@@ -281,7 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": shlex.join(sys.argv),
         "config": cfg.to_dict(),
     }
-    callbacks: list[Any] = [EvalCallback(run.net, run.eval_data, cfg.eval_steps)]
+    callbacks: list[Any] = [
+        NonfiniteMonitor(cfg.max_skipped_fraction),
+        EvalCallback(run.net, run.eval_data, cfg.eval_steps),
+    ]
     saver = None
     if lead:
         saver = CheckpointCallback(out, keep=cfg.keep_checkpoints)
@@ -307,6 +461,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     state = trainer.run()
 
+    if state.get("diverged"):
+        good = latest_checkpoint(out) if lead else None
+        kept = f"; the last good checkpoint is {good}" if good else "; no checkpoint was kept"
+        print(
+            f"{prefix}stopped: training diverged in epoch {state.cur_epoch_num}: "
+            f"{state.diverged}{kept if lead else ''} (lower --lr, or raise "
+            "--max-skipped-fraction to go on)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     if lead:
         hist = state.get("history", [])
         best = max(hist, key=lambda r: r["test_acc"]) if hist else None

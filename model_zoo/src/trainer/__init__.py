@@ -8,7 +8,8 @@ module          what
 ``lr``          :func:`create_lr` (registry :data:`LR_SCHEDULES`), per-step rates
 ``loop``        :class:`Trainer` (epoch loop driving MindSpore callbacks), evaluation
 ``callbacks``   evaluation, progress/ETA, metrics CSV/JSON, checkpoints, plot
-``checkpoint``  atomic per-epoch checkpoints and exact resume
+``checkpoint``  atomic per-epoch checkpoints and exact resume (shapes checked first)
+``rundir``      output folders: one live run per folder (lock), unique temporary names
 ``plot``        curves of one run, or several runs' optimizers side by side (also a
                 command: ``python -m model_zoo.src.trainer.plot``; not imported here)
 ``context``     device, GRAPH_MODE, data parallelism under ``msrun``
@@ -23,6 +24,7 @@ from model_zoo.src.trainer.checkpoint import (
 from model_zoo.src.trainer.config import (
     ConfigError,
     TrainConfig,
+    ZooArgumentParser,
     add_override_args,
     load_config,
     overrides_from_args,
@@ -41,6 +43,7 @@ from model_zoo.src.trainer.optim import (
 __all__ = [
     "TrainConfig",
     "ConfigError",
+    "ZooArgumentParser",
     "load_config",
     "resolve_config",
     "add_override_args",

@@ -3,10 +3,14 @@
 They are ``mindspore.train.Callback`` objects driven by :class:`~model_zoo.src.trainer.loop.Trainer`
 (see its docstring for the keys they read). At the end of an epoch, in this order:
 
-1. :class:`EvalCallback` evaluates on the test split (``eval``, ``eval_time``);
-2. :class:`MetricsLogger` appends the epoch to ``metrics.csv`` / ``metrics.json``;
-3. :class:`CheckpointCallback` writes ``checkpoints/epoch_<e>.ckpt`` atomically;
-4. :class:`ProgressLogger` prints the epoch line (loss, accuracy, lr, step time, ETA).
+1. :class:`NonfiniteMonitor` counts the epoch's skipped (non-finite) steps and stops a run that
+   diverged (``skipped_steps``, ``diverged``);
+2. :class:`EvalCallback` evaluates on the test split (``eval``, ``eval_time``);
+3. :class:`MetricsLogger` appends the epoch to ``metrics.csv`` / ``metrics.json``;
+4. :class:`CheckpointCallback` writes ``checkpoints/epoch_<e>.ckpt`` atomically (not for an epoch
+   that diverged: the last good checkpoint stays the newest);
+5. :class:`ProgressLogger` prints the epoch line (loss, accuracy, skipped steps, lr, step time,
+   ETA).
 
 :class:`PlotCallback` draws ``curves.png`` when training ends.
 """
@@ -30,10 +34,12 @@ from mindspore.train import Callback
 
 from model_zoo.src.trainer.checkpoint import checkpoint_path, save_checkpoint_atomic
 from model_zoo.src.trainer.loop import EvalNetwork, evaluate
+from model_zoo.src.trainer.rundir import temp_name
 
 __all__ = [
     "EPOCH_FIELDS",
     "STEP_FIELDS",
+    "NonfiniteMonitor",
     "EvalCallback",
     "MetricsLogger",
     "CheckpointCallback",
@@ -53,6 +59,7 @@ EPOCH_FIELDS = (
     "epoch_time_s",
     "step_time_ms",
     "eval_time_s",
+    "skipped_steps",
 )
 STEP_FIELDS = ("epoch", "step", "loss", "lr", "step_time_ms")
 
@@ -60,12 +67,16 @@ STEP_FIELDS = ("epoch", "step", "loss", "lr", "step_time_ms")
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = temp_name(path)  # unique to this process
+    try:
+        with open(tmp, "w", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def format_duration(seconds: float) -> str:
@@ -74,6 +85,75 @@ def format_duration(seconds: float) -> str:
         return "--:--:--"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def skipped_step_count(cell: nn.Cell) -> int | None:
+    """The training cell's count of skipped non-finite steps (``tkfac.nonfinite_steps``).
+
+    None for a cell that does not skip such steps (``nn.TrainOneStepCell``: SGDM, Adam).
+    """
+    counter = getattr(cell, "nonfinite_steps", None)
+    if counter is None:
+        return None
+    return int(counter.asnumpy().reshape(-1)[0])
+
+
+class NonfiniteMonitor(Callback):
+    """Count each epoch's skipped non-finite steps; stop a run that diverged.
+
+    ``TKFACTrainOneStepCell`` skips a step whose gradients or statistics are not finite (and
+    counts it in ``tkfac.nonfinite_steps``); ``nn.TrainOneStepCell`` applies it. After every
+    epoch this sets ``skipped_steps`` (the epoch's skips; None for a cell that does not skip)
+    and ``nonfinite_losses``, and requests a stop, with the reason in ``diverged``, when
+
+    * the training loss was non-finite in every step of the epoch, or
+    * more than ``max_skipped_fraction`` of the epoch's steps were skipped (None: never).
+
+    It runs first at the end of an epoch, so that :class:`CheckpointCallback` sees ``diverged``
+    and keeps the last good checkpoint as the newest.
+    """
+
+    def __init__(self, max_skipped_fraction: float | None = 0.25):
+        super().__init__()
+        self.max_skipped_fraction = max_skipped_fraction
+        self._start: int | None = None
+        self._steps = 0
+        self._bad_losses = 0
+
+    def on_train_epoch_begin(self, run_context) -> None:
+        """Read the counter at the epoch's start."""
+        p = run_context.original_args()
+        self._start = skipped_step_count(p.train_network)
+        self._steps = 0
+        self._bad_losses = 0
+        p.diverged = None
+
+    def on_train_step_end(self, run_context) -> None:
+        """Count non-finite losses."""
+        p = run_context.original_args()
+        self._steps += 1
+        if not math.isfinite(p.loss):
+            self._bad_losses += 1
+
+    def on_train_epoch_end(self, run_context) -> None:
+        """Set ``skipped_steps``; stop the run if it diverged."""
+        p = run_context.original_args()
+        now = skipped_step_count(p.train_network)
+        skipped = None if now is None or self._start is None else now - self._start
+        p.skipped_steps = skipped
+        p.nonfinite_losses = self._bad_losses
+        epoch, steps, frac = p.cur_epoch_num, self._steps, self.max_skipped_fraction
+        reason = None
+        if steps and self._bad_losses == steps:
+            reason = f"the training loss was not finite in any of epoch {epoch}'s {steps} steps"
+        elif skipped is not None and frac is not None and skipped > frac * steps:
+            reason = (
+                f"{skipped} of epoch {epoch}'s {steps} steps were skipped because their "
+                f"gradients or statistics were not finite (limit: max_skipped_fraction {frac})"
+            )
+        if reason is not None:
+            p.diverged = reason
+            run_context.request_stop()
 
 
 class EvalCallback(Callback):
@@ -175,6 +255,7 @@ class MetricsLogger(Callback):
             "epoch_time_s": time.perf_counter() - self._epoch_start,
             "step_time_ms": 1e3 * sum(times) / len(times),
             "eval_time_s": p.get("eval_time", math.nan),
+            "skipped_steps": p.get("skipped_steps"),
         }
         self.history.append(row)
         self.write()
@@ -201,8 +282,10 @@ class CheckpointCallback(Callback):
         self.last: Path | None = None
 
     def on_train_epoch_end(self, run_context) -> None:
-        """Write ``checkpoints/epoch_<e>.ckpt``; sets ``latest_ckpt_file``."""
+        """Write ``checkpoints/epoch_<e>.ckpt`` (not after a diverged epoch)."""
         p = run_context.original_args()
+        if p.get("diverged"):
+            return
         path = checkpoint_path(self.output_dir, p.cur_epoch_num)
         self.last = save_checkpoint_atomic(
             p.train_network, path, p.cur_epoch_num, p.cur_step_num, keep=self.keep
@@ -214,8 +297,9 @@ class ProgressLogger(Callback):
     """Print progress every ``log_interval`` steps and after every epoch.
 
     Step line: epoch, step, loss, learning rate, step time (mean since the last line), ETA.
-    Epoch line: mean training loss, test loss and accuracy, learning rate, epoch time, mean
-    step time, ETA. The ETA is the remaining steps times the mean step time (the first step of
+    Epoch line: mean training loss, test loss and accuracy, skipped non-finite steps (TKFAC
+    cells; for the others the steps with a non-finite loss, if any), learning rate, epoch time,
+    mean step time, ETA. The ETA is the remaining steps times the mean step time (the first step of
     the process, which compiles the graph, excluded) plus the remaining evaluations.
     """
 
@@ -283,6 +367,11 @@ class ProgressLogger(Callback):
         if ev:
             test = f" | test_loss {ev['test_loss']:.4f} | test_acc {100 * ev['test_acc']:.2f}%"
         mean = 1e3 * sum(self._times) / len(self._times) if self._times else math.nan
+        skipped = p.get("skipped_steps")
+        if skipped is not None:
+            test += f" | skipped {skipped}/{p.step_in_epoch} non-finite steps"
+        elif p.get("nonfinite_losses"):
+            test += f" | non-finite loss in {p.nonfinite_losses}/{p.step_in_epoch} steps"
         self._print(
             f"epoch {p.cur_epoch_num}/{p.epoch_num} done | train_loss {p.train_loss:.4f}{test} "
             f"| lr {p.lr:.4g} | {time.perf_counter() - self._epoch_start:.1f} s "

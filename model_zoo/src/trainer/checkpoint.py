@@ -7,18 +7,25 @@ and ``tkfac.*`` counters; ``global_step``, which also indexes the per-step learn
 
 Atomicity: the file is written under a temporary name in the same folder, flushed to disk, then
 renamed over the final name (``os.replace``, atomic on POSIX). A crash leaves either the old
-set of checkpoints or the new one, never a truncated ``epoch_*.ckpt``; leftover temporary files
-(``.epoch_*.tmp.ckpt``) are ignored and removed by the next save.
+set of checkpoints or the new one, never a truncated ``epoch_*.ckpt``. The temporary name holds
+the writer's PID and a random part (``.epoch_0001.ckpt.<pid>-<hex>.tmp.ckpt``): leftovers of
+dead processes are removed by the next save, a live process's file is never touched.
+
+Loading checks every Parameter's presence, shape and dtype against the cell first, and writes
+nothing unless all of them match.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import mindspore as ms
 from mindspore import nn
+
+from model_zoo.src.trainer.rundir import remove_stale_temps, temp_name
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -27,6 +34,8 @@ __all__ = [
     "latest_checkpoint",
     "save_checkpoint_atomic",
     "load_checkpoint_for_resume",
+    "read_checkpoint",
+    "check_params_fit",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -76,14 +85,17 @@ def save_checkpoint_atomic(
     if path.suffix != ".ckpt":
         raise ValueError(f"checkpoint name must end with .ckpt, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(".*.tmp.ckpt"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(path.parent)
     # MindSpore appends ".ckpt" to names without it, so the temporary name keeps the suffix.
-    tmp = path.with_name(f".{path.stem}.tmp.ckpt")
-    ms.save_checkpoint(cell, str(tmp), append_dict={"epoch": int(epoch), "step": int(step)})
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = temp_name(path, suffix=".ckpt")
+    try:
+        ms.save_checkpoint(cell, str(tmp), append_dict={"epoch": int(epoch), "step": int(step)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself reaches the disk
@@ -95,31 +107,86 @@ def save_checkpoint_atomic(
     return path
 
 
+def read_checkpoint(path: str | os.PathLike, choice_func=None) -> dict[str, ms.Parameter]:
+    """``ms.load_checkpoint`` with a clear error for a missing or unreadable file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable MindSpore checkpoint (truncated, corrupted).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return ms.load_checkpoint(str(path), choice_func=choice_func)
+    except (ValueError, RuntimeError, TypeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path} is not a readable MindSpore checkpoint (corrupted or truncated?): {first}"
+        ) from None
+
+
+def check_params_fit(
+    params: Mapping[str, ms.Parameter],
+    cell: nn.Cell,
+    source: str | os.PathLike,
+    ignore: frozenset[str] = frozenset(),
+) -> None:
+    """Check that ``params`` hold every Parameter of ``cell`` with its shape and dtype.
+
+    Nothing is written: call it before ``ms.load_param_into_net``, which would otherwise have
+    overwritten some Parameters when it meets the first mismatch.
+
+    Raises:
+        ValueError: naming the missing Parameters and those of another shape or dtype.
+    """
+    missing, wrong = [], []
+    for p in cell.get_parameters():
+        if p.name in ignore:
+            continue
+        if p.name not in params:
+            missing.append(p.name)
+            continue
+        got = params[p.name]
+        if tuple(got.shape) != tuple(p.shape) or got.dtype != p.dtype:
+            wrong.append(f"{p.name} {tuple(got.shape)} {got.dtype} != {tuple(p.shape)} {p.dtype}")
+    if not (missing or wrong):
+        return
+    parts = []
+    if missing:
+        shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+        parts.append(f"{len(missing)} parameter(s) missing: {shown}")
+    if wrong:
+        shown = "; ".join(wrong[:4]) + (" ..." if len(wrong) > 4 else "")
+        parts.append(f"{len(wrong)} of another shape or dtype (checkpoint != network): {shown}")
+    raise ValueError(
+        f"{source} does not match this run ({'; '.join(parts)}); was it written with another "
+        "model or optimizer? Nothing was loaded."
+    )
+
+
 def load_checkpoint_for_resume(path: str | os.PathLike, cell: nn.Cell) -> tuple[int, int]:
     """Restore every Parameter of ``cell`` (except the learning-rate list) from ``path``.
+
+    Every Parameter's presence, shape and dtype is checked before any is written.
 
     Returns:
         ``(epoch, step)``: completed epochs and steps at the time of the checkpoint.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the checkpoint lacks epoch/step or some of the cell's Parameters (e.g. it
+        ValueError: the file is unreadable, lacks epoch/step, or does not fit ``cell`` (e.g. it
             was written for another network or optimizer).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    params = ms.load_checkpoint(str(path), choice_func=lambda name: name not in _NOT_RESTORED)
+    params = read_checkpoint(path, choice_func=lambda name: name not in _NOT_RESTORED)
     if "epoch" not in params or "step" not in params:
         raise ValueError(f"{path} has no epoch/step entries: not written by model_zoo/train.py")
     epoch = int(params.pop("epoch").asnumpy())
     step = int(params.pop("step").asnumpy())
+    check_params_fit(params, cell, path, ignore=_NOT_RESTORED)
     missing, _ = ms.load_param_into_net(cell, params, strict_load=True)
     missing = [n for n in missing if n not in _NOT_RESTORED]
-    if missing:
-        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise ValueError(
-            f"{path} does not match this run ({len(missing)} parameter(s) missing: {shown}); "
-            "was it written with another model or optimizer?"
-        )
+    if missing:  # not reached after check_params_fit; kept as a guard
+        raise ValueError(f"{path} does not match this run ({len(missing)} parameter(s) missing)")
     return epoch, step

@@ -28,7 +28,16 @@ def setup_context(device: str) -> tuple[int, int]:
 
     Returns:
         ``(rank, world_size)``; ``(0, 1)`` outside ``msrun``.
+
+    Raises:
+        ValueError: this MindSpore build cannot run on ``device``.
     """
+    if not ms.hal.is_available(device):  # ms.set_device would log errors, then raise
+        usable = [d for d in ("CPU", "GPU", "Ascend") if ms.hal.is_available(d)] or ["CPU"]
+        raise ValueError(
+            f"device {device} is not available: this MindSpore build runs on "
+            f"{', '.join(usable)} (pass --device {usable[0]})"
+        )
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(device)
     if not launched_by_msrun():

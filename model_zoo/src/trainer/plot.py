@@ -23,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from model_zoo.src.trainer.rundir import temp_name  # noqa: E402
+
 __all__ = ["load_run", "plot_runs", "main"]
 
 
@@ -119,7 +121,7 @@ def plot_runs(
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
+    tmp = temp_name(out, suffix=".png")  # unique to this process
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, out)
@@ -129,6 +131,7 @@ def plot_runs(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m model_zoo.src.trainer.plot",
         description="Plot loss/accuracy curves of training runs, optimizers side by side.",
     )
