@@ -41,15 +41,23 @@ _STATS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m parity",
         description="Per-layer parity of tkfac_ms against the reference_torch oracle.",
     )
-    p.add_argument("--model", required=True, choices=[*MODELS, "all"])
-    p.add_argument("--approximation", required=True, choices=[*APPROXIMATIONS, "all"])
+    p.add_argument(
+        "--model", required=True, choices=[*MODELS, "all"], help="network to compare, or all"
+    )
+    p.add_argument(
+        "--approximation",
+        required=True,
+        choices=[*APPROXIMATIONS, "all"],
+        help="TKFAC approximation to compare, or all",
+    )
     p.add_argument("--batch", type=int, default=4, help="samples per batch (default 4)")
     p.add_argument("--steps", type=int, default=10, help="training steps (default 10)")
-    p.add_argument("--image-size", type=int, default=32, help="input height = width")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=32, help="input height = width (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
     p.add_argument(
         "--stats",
         choices=list(_STATS),

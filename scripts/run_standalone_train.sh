@@ -1,34 +1,35 @@
 #!/usr/bin/env bash
-# Train a model-zoo network on one device (model_zoo/train.py); extra --<field> VALUE pairs
-# override the config (e.g. --epochs 1 --optimizer momentum --data-path DIR).
-# Usage: scripts/run_standalone_train.sh --device CPU|GPU|Ascend --config FILE [--output DIR] [--resume [CKPT]] [--<field> VALUE ...]
+# Train a model-zoo network on one device: `python -m model_zoo.train` in the project's
+# environment (.venv, or $TKFAC_VENV), with every option passed on unchanged. Relative paths are
+# taken from the current directory. --help lists every option and config field with its help,
+# default and choices (with --config FILE: that file's values as the defaults).
+# Usage: scripts/run_standalone_train.sh --config FILE [--device CPU|GPU|Ascend] [--output DIR] [--<field> VALUE ...]
+#        scripts/run_standalone_train.sh --output DIR --resume [CKPT|DIR] [--<field> VALUE ...]
 set -euo pipefail
 
-usage() {
-  echo "Usage: $0 --device CPU|GPU|Ascend --config FILE [--output DIR] [--resume [CKPT]] [--<field> VALUE ...]" >&2
-  exit 2
-}
+usage="Usage: $0 --config FILE [--device CPU|GPU|Ascend] [--output DIR] [--<field> VALUE ...]
+       $0 --output DIR --resume [CKPT|DIR] [--<field> VALUE ...]"
+die() { echo "error: $* (see $0 --help)" >&2; exit 2; }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="${TKFAC_VENV:-$root/.venv}"
-device=""
-config=""
-args=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --device) [[ $# -ge 2 ]] || usage; device="$2"; shift 2 ;;
-    --config) [[ $# -ge 2 ]] || usage; config="$2"; shift 2 ;;
-    --output) [[ $# -ge 2 ]] || usage; args+=(--output "$2"); shift 2 ;;
-    -h|--help) usage ;;
-    --*) args+=("$1"); shift ;;      # a config override or --resume: train.py checks it
-    *) [[ ${#args[@]} -gt 0 ]] || usage; args+=("$1"); shift ;;  # the value of the option before
+help=0
+config=0
+resume=0
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) help=1 ;;
+    -c|--config|--config=*) config=1 ;;
+    --resume|--resume=*) resume=1 ;;
   esac
 done
-[[ "$device" =~ ^(CPU|GPU|Ascend)$ ]] || usage
-[[ -f "$config" ]] || { echo "config file not found: '$config'" >&2; usage; }
-[[ -x "$venv/bin/python" ]] || { echo "no Python in $venv: run 'bash scripts/setup_env.sh' first" >&2; exit 2; }
-
+[[ -x "$venv/bin/python" ]] || die "no Python in $venv: run 'bash scripts/setup_env.sh' first"
 # Before MindSpore loads: keep oneDNN on its fast AVX2 kernels (docs/performance.md); quiet logs.
 export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"
 export GLOG_v="${GLOG_v:-3}"
-"$venv/bin/python" "$root/model_zoo/train.py" --device "$device" --config "$config" "${args[@]}"
+if [[ $help -eq 1 ]]; then
+  printf '%s\n\nThe options of model_zoo/train.py, all accepted here:\n\n' "$usage"
+  exec "$venv/bin/python" "$root/model_zoo/train.py" "$@"
+fi
+[[ $config -eq 1 || $resume -eq 1 ]] || die "--config FILE is required (or --resume to continue a run)"
+exec "$venv/bin/python" "$root/model_zoo/train.py" "$@"
