@@ -139,13 +139,13 @@ def _eye_like(m: Tensor) -> Tensor:
 
 
 def add_to_diagonal(m: Tensor, value: Tensor) -> Tensor:
-    """``m + value * I`` as one new ``d x d`` tensor (no identity, no scaled-identity temporary).
+    """``m + value * I`` without an identity matrix: ``m + diag(value, ..., value)``.
 
-    Memory matters here: MindSpore's compiled CPU graphs keep a separate buffer for every
-    intermediate (measured: 20 sequential 75 MB temporaries cost 20 x 75 MB), so ``m + c * I``
-    written out costs three ``d x d`` buffers, this one.
+    Portable (``Diag`` and ``Add`` have kernels on Ascend, GPU and CPU); it replaced
+    ``matrix_set_diag`` (``MatrixSetDiagV3``, deprecated in MindSpore 2.x and absent from
+    Ascend's documented kernels) at the cost of one ``d x d`` buffer more.
     """
-    return ops.matrix_set_diag(m, ops.diagonal(m) + value)
+    return m + ops.diag(ops.broadcast_to(ops.cast(value, m.dtype), (m.shape[0],)))
 
 
 def tkfac_factor_coefficients(
@@ -290,24 +290,72 @@ def moving_average(state: Tensor, current: Tensor, decay: float, first: Tensor) 
 def spd_inverse(m: Tensor) -> Tensor:
     """Inverse of a symmetric positive definite matrix by Cholesky (spec Sec. 4).
 
+    The ``inverse="cholesky"`` route (CPU and GPU only: ``ops.cholesky`` has no Ascend kernel).
     ``M = (m + m^T) / 2 + jitter I = L L^T``; ``M^{-1} = cholesky_solve(I, L)``, symmetric to
     rounding. Safeguard beyond the spec: ``m`` is symmetrised (MindSpore's CPU Cholesky rejects
     a float64 input that is not symmetric) and gets a jitter of ``eps * mean(diag m)`` (``eps``
     = 1e-7 in float32, 1e-15 in float64, about one rounding unit), so that a factor made
     slightly indefinite by rounding does not abort the kernel. The change is below the parity
-    tolerances (see docs/math.md).
+    tolerances (see docs/math.md). A matrix that is still not positive definite makes the
+    kernel raise: this route has no in-graph guard (use :func:`sym_inverse`).
 
     Written for memory, as a compiled CPU graph keeps a buffer for every intermediate: the
     halving is an exact factor of two carried to the right-hand side,
-    ``M^{-1} = cholesky_solve(2 I, chol(2 M))`` with ``2 M = m + m^T + 2 jitter I``, and the
-    jitter goes onto the diagonal directly: five ``d x d`` buffers instead of thirteen.
+    ``M^{-1} = cholesky_solve(2 I, chol(2 M))`` with ``2 M = m + m^T + 2 jitter I``.
+    """
+    twice = m + m.T  # 2 * sym(m), exactly
+    chol = ops.cholesky(add_to_diagonal(twice, _jitter2(twice)))  # 2M = L L^T
+    return ops.cholesky_solve(_eye_like(m) * 2, chol)  # (2M)^{-1} * 2 = M^{-1}
+
+
+def _jitter2(twice: Tensor) -> Tensor:
+    """``2 * jitter`` for ``twice = 2 sym(m)``: ``eps * |tr(twice)| / d``, one rounding unit."""
+    eps = 1e-15 if twice.dtype == mstype.float64 else 1e-7
+    return eps * ops.abs(ops.trace(twice)) / twice.shape[0]
+
+
+_matrix_inverse = ops.MatrixInverse()
+
+#: :func:`inverse_is_valid` accepts an inverse whose probe residual ``||M X v - v|| / ||v||`` is
+#: at most this. An accurate inverse has about ``cond(M) * eps`` (<= 1e-2 up to cond 1e5 in
+#: float32); the inverses of numerically singular or non-finite factors have residuals >> 1.
+#: Below 1 the preconditioner is still within a factor ``1 +- 0.5`` of the exact one.
+INVERSE_RESIDUAL_TOL = 0.5
+
+
+def sym_inverse(m: Tensor) -> Tensor:
+    """Inverse of a symmetric positive definite matrix by LU (spec Sec. 4); the default route.
+
+    ``M = (m + m^T) / 2 + jitter I`` (jitter as in :func:`spd_inverse`), ``X = M^{-1}`` from
+    ``MatrixInverse`` (LU with partial pivoting: kernels on Ascend, GPU and CPU), symmetrised:
+    ``(X + X^T) / 2``. Unlike Cholesky it never raises: a factor that is not positive definite
+    yields a wrong (or non-finite) ``X``, which :func:`inverse_is_valid` detects.
+    """
+    twice = m + m.T  # 2 * sym(m), exactly
+    half_inv = _matrix_inverse(add_to_diagonal(twice, _jitter2(twice)))  # (2M)^{-1}
+    return half_inv + half_inv.T  # (X + X^T) / 2 with X = 2 (2M)^{-1}
+
+
+def inverse_is_valid(m: Tensor, inv: Tensor) -> Tensor:
+    """Whether ``inv`` is a usable inverse of the positive definite ``m``: a scalar bool.
+
+    True iff every entry of ``inv`` is finite, its diagonal is positive (that of an SPD
+    inverse is) and the residual of two probe vectors ``V = [1, (-1)^i]`` is small:
+    ``||m (inv V) - V||_F / ||V||_F <= INVERSE_RESIDUAL_TOL``. ``O(d^2)``: two matrix-vector
+    products instead of the ``d^3`` product ``m @ inv``.
     """
     d = m.shape[0]
-    eps = 1e-15 if m.dtype == mstype.float64 else 1e-7
-    twice = m + m.T  # 2 * sym(m), exactly
-    jitter2 = eps * ops.abs(ops.trace(twice)) / d  # 2 * jitter
-    chol = ops.cholesky(add_to_diagonal(twice, jitter2))  # 2M = L L^T
-    return ops.cholesky_solve(_eye_like(m) * 2, chol)  # (2M)^{-1} * 2 = M^{-1}
+    ones = ops.ones((d, 1), m.dtype)
+    signs = ones - 2 * ops.cast(ops.arange(d).reshape(d, 1) % 2, m.dtype)
+    probes = ops.concat((ones, signs), axis=1)  # [d, 2]
+    residual = ops.matmul(m, ops.matmul(inv, probes)) - probes
+    ratio = (residual * residual).sum() / (2 * d)  # ||V||_F^2 = 2 d
+    finite = ops.isfinite(inv).all()
+    safe_ratio = ops.select(ops.isfinite(ratio), ratio, ops.ones_like(ratio) * 1e30)
+    tol2 = const(INVERSE_RESIDUAL_TOL * INVERSE_RESIDUAL_TOL, ratio)
+    return ops.logical_and(
+        ops.logical_and(finite, (ops.diagonal(inv) > 0).all()), safe_ratio <= tol2
+    )
 
 
 def precondition(grad_mat: Tensor, g_inv: Tensor, a_inv: Tensor) -> Tensor:

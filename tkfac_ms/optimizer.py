@@ -7,8 +7,11 @@ Orchestration only: the statistics come from the capture cells (``capture.py``) 
 One optimizer step ``t`` (the counter ``t`` is ``nn.Optimizer``'s ``global_step``, in the graph):
 
 1. ``t % factor_update_steps == 0``: the train cell captures the batch sums and calls
-   :meth:`TKFAC.update_factors` (statistics, damping, moving average);
-2. ``t % inv_update_steps == 0``: both inverses of every layer are recomputed (Cholesky);
+   :meth:`TKFAC.curvature_update` (statistics, damping, moving average);
+2. ``t % inv_update_steps == 0``: both inverses of every layer are recomputed (LU, or Cholesky
+   with ``inverse="cholesky"``);
+   a curvature update (1-2) whose factors or inverses are not usable is discarded whole and
+   counted in ``tkfac.rejected_curvature_updates``;
 3. ``D = g_inv @ G_W @ a_inv`` for wrapped layers, ``D = grad`` for every other parameter;
 4. optional KL clipping, then ``D += weight_decay * w`` for the parameters the filter selects;
 5. ``v = momentum * v + D``, ``w = w - lr_t * v``; 6. ``t += 1``.
@@ -23,11 +26,14 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
-from tkfac_ms import _math
+from tkfac_ms import _device, _math
 from tkfac_ms.capture import wrap_network
 from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfig
 
-__all__ = ["TKFAC", "default_decay_filter"]
+__all__ = ["TKFAC", "default_decay_filter", "INVERSE_ROUTES"]
+
+#: ``inverse=`` choices: ``"lu"`` (portable, guarded) and ``"cholesky"`` (CPU/GPU, unguarded).
+INVERSE_ROUTES = ("lu", "cholesky")
 
 _NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
@@ -89,6 +95,9 @@ class TKFAC(nn.Optimizer):
         skip: name patterns of layers to leave unwrapped (used when wrapping here).
         decay_filter: ``Parameter -> bool``, which parameters get weight decay.
         factor_dtype: dtype of the factor state (default float32; float64 on Dense-only nets).
+        inverse: ``"lu"`` (default: ``MatrixInverse``, kernels on Ascend, GPU and CPU, guarded
+            in the graph) or ``"cholesky"`` (CPU and GPU only, faster on the CPU, but a factor
+            that is not positive definite makes its kernel raise and abort training).
     """
 
     def __init__(
@@ -109,11 +118,21 @@ class TKFAC(nn.Optimizer):
         skip: Iterable[str] = (),
         decay_filter: Callable[[Parameter], bool] | None = None,
         factor_dtype: mstype.Type = mstype.float32,
+        inverse: str = "lu",
     ):
         if not isinstance(net, nn.Cell):
             raise TypeError(f"net must be a mindspore.nn.Cell, got {type(net).__name__}")
         if factor_dtype not in (mstype.float32, mstype.float64):
             raise ValueError(f"factor_dtype must be float32 or float64, got {factor_dtype}")
+        if inverse not in INVERSE_ROUTES:
+            raise ValueError(f"inverse must be one of {INVERSE_ROUTES}, got {inverse!r}")
+        portable = _device.takes_portable_route()
+        if inverse == "cholesky" and (portable and _device.device_target() != "GPU"):
+            raise ValueError(
+                "inverse='cholesky' needs ops.cholesky, which has no Ascend kernel; it is not "
+                f"allowed on the portable route ({_device.PORTABLE_ENV}=1 or device "
+                f"{_device.device_target()}): use inverse='lu'"
+            )
         cfg = TKFACConfig(
             momentum=momentum,
             weight_decay=weight_decay,
@@ -129,13 +148,12 @@ class TKFAC(nn.Optimizer):
         )
         layers = [w for w in wrap_network(net, skip) if w.weight.requires_grad]
         is_kfac = cfg.approximation == Approximation.KFAC
-        on_cpu = ms.get_context("device_target") == "CPU"
         for w in layers:
             if w.factor_dtype != factor_dtype:
                 w.init_state(factor_dtype)
             w.capture.is_kfac = is_kfac
-            # the fused C++ statistics kernel where the graph runs on the CPU (capture.py)
-            w.capture.set_cpu_kernel(on_cpu)
+            # the fused C++ statistics kernel on the CPU's own route (capture.py, _device.py)
+            w.capture.set_cpu_kernel(not portable)
         # Parameter order: each layer's weight (and bias), then every other trainable parameter.
         layer_params: list[Parameter] = []
         for w in layers:
@@ -145,6 +163,8 @@ class TKFAC(nn.Optimizer):
         super().__init__(learning_rate, layer_params + others, weight_decay=0.0)
 
         self.config = cfg
+        self.portable = portable
+        self.inverse_route = inverse
         self.layers = layers  # plain list: not a sub-cell, parameters keep their names
         self.layer_names = tuple(w.path for w in layers)
         self.num_layers = len(layers)
@@ -182,6 +202,14 @@ class TKFAC(nn.Optimizer):
         self.update_dtypes = tuple(dict.fromkeys(dtypes))
         self.dtype_index = tuple(self.update_dtypes.index(dt) for dt in dtypes)
         self.beta = Parameter(Tensor(1.0, factor_dtype), name="tkfac.beta", requires_grad=False)
+        # accepted factor updates (0: the next one initialises the moving average, spec Sec. 4)
+        # and curvature updates discarded by the guard (see curvature_update)
+        self.factor_updates = Parameter(
+            Tensor(0, mstype.int32), name="tkfac.factor_updates", requires_grad=False
+        )
+        self.rejected_curvature_updates = Parameter(
+            Tensor(0, mstype.int32), name="tkfac.rejected_curvature_updates", requires_grad=False
+        )
         self.delta_state = ParameterTuple([w.delta for w in layers])
         self.a_factor = ParameterTuple([w.a_factor for w in layers])
         self.g_factor = ParameterTuple([w.g_factor for w in layers])
@@ -219,8 +247,10 @@ class TKFAC(nn.Optimizer):
         return self.damping_values[i]
 
     # ------------------------------------------------------------------ factors
-    def update_factors(self, stats, count, u_scale2):
-        """Spec Sec. 2-4 on one batch: statistics, damping, moving average of every layer.
+    def new_factors(self, stats, count, u_scale2):
+        """Spec Sec. 2-4 on one batch: the next moving-average state of every layer.
+
+        Computes, writes nothing (see :meth:`curvature_update`).
 
         Args:
             stats: per layer ``(sr_sum, phi_sum, psi_sum)`` (TKFAC) or ``(0, a_sum, g_sum)``
@@ -228,8 +258,11 @@ class TKFAC(nn.Optimizer):
             count: ``N``, the number of samples behind the sums.
             u_scale2: ``c^2``, the square of the factor that turns the captured output gradients
                 into per-sample ones (``N / loss_scale`` for a mean loss, ``1`` for sampled labels).
+
+        Returns:
+            ``(a_factors, g_factors, deltas, beta)``: tuples over layers, and TKFAC_new's ``beta``.
         """
-        first = self._step() == 0
+        first = self.factor_updates == 0
         decay = self.factor_decay
         count = ops.cast(count, self.factor_dtype)
         c2 = ops.cast(u_scale2, self.factor_dtype)
@@ -241,13 +274,14 @@ class TKFAC(nn.Optimizer):
                 if self.is_conv[i]:
                     conv_deltas += (stats[3 * i] * c2 / count,)
             beta = _math.tkfac_new_beta(conv_deltas, self.nu)
-            ops.assign(self.beta, beta)
+        a_new, g_new, deltas = (), (), ()
         for i in range(self.num_layers):
             # damped factor = scale * sum + shift * I (spec Sec. 2-3), averaged without forming
             # it: a compiled CPU graph keeps every d x d intermediate (docs/performance.md)
             if self.is_kfac:
                 scale_a, shift_a = 1.0 / count, None
                 scale_g, shift_g = c2 / count, None
+                deltas += (self.delta_state[i],)
             else:
                 sr = stats[3 * i] * c2
                 delta = sr / count
@@ -265,28 +299,93 @@ class TKFAC(nn.Optimizer):
                     sr, count, sd, c2, damp_a, damp_g, d_in, d_out
                 )
                 scale_g = scale_a
-                ops.assign(self.delta_state[i], delta)
+                deltas += (delta,)
             a_sum, g_sum = stats[3 * i + 1], stats[3 * i + 2]
-            new_a = _math.update_moving_average(
-                self.a_factor[i], a_sum, scale_a, shift_a, decay, first
+            a_new += (
+                _math.update_moving_average(self.a_factor[i], a_sum, scale_a, shift_a, decay, first),
             )
-            ops.assign(self.a_factor[i], new_a)
-            new_g = _math.update_moving_average(
-                self.g_factor[i], g_sum, scale_g, shift_g, decay, first
+            g_new += (
+                _math.update_moving_average(self.g_factor[i], g_sum, scale_g, shift_g, decay, first),
             )
-            ops.assign(self.g_factor[i], new_g)
-        return first
+        return a_new, g_new, deltas, beta
 
-    def update_inverses(self):
-        """Spec Sec. 4: invert the (damped) state of every layer by Cholesky."""
+    def new_inverses(self, a_factors, g_factors):
+        """Spec Sec. 4 (KFAC: with the Sec. 6 damping): the inverses of the given states.
+
+        Returns:
+            ``(a_invs, g_invs, ok)``: tuples over layers, and whether every inverse passed
+            :func:`~tkfac_ms._math.inverse_is_valid` (always true for ``inverse="cholesky"``,
+            whose kernel raises instead).
+        """
         damping = self.current_damping()
+        a_invs, g_invs = (), ()
+        ok = ops.ones((), mstype.bool_)
         for i in range(self.num_layers):
-            a, g = self.a_factor[i], self.g_factor[i]
+            a, g = a_factors[i], g_factors[i]
             if self.is_kfac:
                 a, g = _math.kfac_pi_damping(a, g, damping)
-            ops.assign(self.a_inv[i], _math.spd_inverse(a))
-            ops.assign(self.g_inv[i], _math.spd_inverse(g))
-        return damping
+            if self.inverse_route == "cholesky":
+                a_invs += (_math.spd_inverse(a),)
+                g_invs += (_math.spd_inverse(g),)
+            else:
+                ia, ig = _math.sym_inverse(a), _math.sym_inverse(g)
+                ok = ops.logical_and(ok, _math.inverse_is_valid(a, ia))
+                ok = ops.logical_and(ok, _math.inverse_is_valid(g, ig))
+                a_invs += (ia,)
+                g_invs += (ig,)
+        return a_invs, g_invs, ok
+
+    def curvature_update(self, stats, count, u_scale2):
+        """A factor-update step's curvature work, all or nothing (spec Sec. 5 steps 1-2).
+
+        New factors (:meth:`new_factors`) and, on inverse steps, their inverses
+        (:meth:`new_inverses`) are written only if every new factor is finite with a
+        non-negative diagonal and every inverse is valid. Otherwise nothing is written (factors,
+        inverses, ``delta``, ``beta`` keep their values: the last good curvature) and
+        ``tkfac.rejected_curvature_updates`` goes up by one; the parameter step itself goes on
+        with the kept inverses. Causes: an outlier batch whose factors are numerically singular
+        in the factor dtype, a float32 overflow, a NaN that passed the gradient check.
+
+        Returns:
+            Whether the update was accepted (a scalar bool).
+        """
+        a_new, g_new, deltas, beta = self.new_factors(stats, count, u_scale2)
+        ok = ops.ones((), mstype.bool_)
+        for m in a_new + g_new:
+            ok = ops.logical_and(ok, ops.isfinite(m).all())
+            ok = ops.logical_and(ok, (ops.diagonal(m) >= 0).all())
+        if self.is_inverse_step():
+            a_invs, g_invs, inv_ok = self.new_inverses(a_new, g_new)
+            ok = ops.logical_and(ok, inv_ok)
+            if ok:
+                self._assign_all(self.a_inv, a_invs)
+                self._assign_all(self.g_inv, g_invs)
+        if ok:
+            self._assign_all(self.a_factor, a_new)
+            self._assign_all(self.g_factor, g_new)
+            self._assign_all(self.delta_state, deltas)
+            if self.is_new:
+                ops.assign(self.beta, beta)
+        ops.assign_add(self.factor_updates, ops.cast(ok, mstype.int32))
+        ops.assign_add(self.rejected_curvature_updates, ops.cast(ops.logical_not(ok), mstype.int32))
+        return ok
+
+    def inverse_update(self):
+        """An inverse step without a factor update: Sec. 4, all or nothing (as above)."""
+        a_invs, g_invs, ok = self.new_inverses(self.a_factor, self.g_factor)
+        if ok:
+            self._assign_all(self.a_inv, a_invs)
+            self._assign_all(self.g_inv, g_invs)
+        ops.assign_add(self.rejected_curvature_updates, ops.cast(ops.logical_not(ok), mstype.int32))
+        return ok
+
+    @staticmethod
+    def _assign_all(params, values):
+        """``params[i] = values[i]`` for every ``i``."""
+        done = ()
+        for p, v in zip(params, values):
+            done += (ops.assign(p, ops.cast(v, p.dtype)),)
+        return done
 
     # ------------------------------------------------------------------ step
     def precondition(self, gradients):
@@ -323,7 +422,7 @@ class TKFAC(nn.Optimizer):
     def construct(self, gradients):
         """Spec Sec. 5 steps 2-6 with this step's gradients (in ``self.parameters`` order)."""
         if self.is_inverse_step():
-            self.update_inverses()
+            self.inverse_update()
         return self.apply_step(gradients, ops.ones((), mstype.bool_))
 
     def apply_step(self, gradients, apply):

@@ -33,7 +33,7 @@ from tkfac_ms import _math
 from tkfac_ms.config import FisherType, LossReduction
 from tkfac_ms.optimizer import TKFAC
 
-__all__ = ["TKFACTrainOneStepCell"]
+__all__ = ["TKFACTrainOneStepCell", "sample_labels"]
 
 _grad_scale = ops.MultitypeFuncGraph("tkfac_grad_scale")
 
@@ -69,6 +69,21 @@ def _log_softmax(x):
     return z - ops.log(ops.exp(z).sum(axis=-1, keepdims=True))
 
 
+def sample_labels(logp):
+    """One label per row drawn from ``softmax``: ``y~_n ~ Categorical(exp(logp_n))`` (spec Sec. 1).
+
+    Gumbel-max, ``argmax(log p + G)`` with ``G ~ Gumbel(0, 1)``, built from portable
+    ``StandardNormal`` draws only (``ops.uniform`` has no Ascend kernel, and
+    ``RandomCategorical`` returns the argmax on the CPU): with ``z1, z2 ~ N(0, 1)``,
+    ``E = (z1^2 + z2^2) / 2 ~ Exp(1)`` (a chi-square with two degrees of freedom, halved), and
+    ``G = -log E ~ Gumbel(0, 1)``. ``E`` is floored at ``1e-30`` (probability ~1e-30 per draw).
+    """
+    logp32 = ops.cast(logp, mstype.float32)
+    z = ops.standard_normal((2,) + logp32.shape)
+    expo = ops.maximum((z[0] * z[0] + z[1] * z[1]) * 0.5, Tensor(1e-30, mstype.float32))
+    return ops.stop_gradient(ops.argmax(logp32 - ops.log(expo), dim=-1))
+
+
 class _SampledNLL(nn.Cell):
     """``sum_n -log softmax(logits_n)[y~_n]`` with ``y~`` sampled from the model (or given)."""
 
@@ -82,14 +97,7 @@ class _SampledNLL(nn.Cell):
             logits = ops.cast(logits, mstype.float32)
         logp = _log_softmax(logits)
         if sampled_label is None:
-            # Gumbel-max: argmax(log p + G), G ~ Gumbel(0, 1), is a draw from softmax(logits).
-            uniform = ops.uniform(
-                logp.shape, Tensor(1e-20, mstype.float32), Tensor(1.0, mstype.float32)
-            )
-            gumbel = -ops.log(-ops.log(uniform))
-            sampled_label = ops.stop_gradient(
-                ops.argmax(ops.cast(logp, mstype.float32) + gumbel, dim=-1)
-            )
+            sampled_label = sample_labels(logp)
         onehot = ops.one_hot(
             ops.cast(sampled_label, mstype.int32),
             logp.shape[-1],
@@ -258,7 +266,10 @@ class TKFACTrainOneStepCell(nn.Cell):
         )
         # Parameters that the step touches only inside its capture/inverse branch (everything
         # else is read or written at the top level of the graph); see _read_each.
-        self.branch_state = ParameterTuple(tkfac_state + [optimizer.beta])
+        self.branch_state = ParameterTuple(
+            tkfac_state
+            + [optimizer.beta, optimizer.factor_updates, optimizer.rejected_curvature_updates]
+        )
         parallel = _get_parallel_mode() in (
             ParallelMode.DATA_PARALLEL,
             ParallelMode.HYBRID_PARALLEL,
@@ -342,9 +353,8 @@ class TKFACTrainOneStepCell(nn.Cell):
         stats, total = self._reduce_stats(stats, count)
         finite = _all_finite(grads + stats)
         if finite:
-            self.optimizer.update_factors(stats, total, c * c)
-            if self.optimizer.is_inverse_step():
-                self.optimizer.update_inverses()
+            # factors and (on inverse steps) inverses, all or nothing: TKFAC.curvature_update
+            self.optimizer.curvature_update(stats, total, c * c)
         return loss, grads, finite
 
     def construct(self, data, label, sampled_label=None):
@@ -364,7 +374,7 @@ class TKFACTrainOneStepCell(nn.Cell):
             loss, grads = self._weight_grads(data, label, scale)
             finite = _all_finite(grads)
             if ops.logical_and(finite, self.optimizer.is_inverse_step()):
-                self.optimizer.update_inverses()
+                self.optimizer.inverse_update()
         overflow = ops.logical_not(finite)
         if self.loss_scaling_manager is not None:
             overflow = self.loss_scaling_manager(self.scale_sense, overflow)
