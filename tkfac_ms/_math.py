@@ -18,6 +18,10 @@ from mindspore import dtype as mstype
 def const(value: float, like: Tensor) -> Tensor:
     """``value`` as a scalar of ``like``'s dtype.
 
+    Also the portable way to divide by a Python number: ``x / d`` with an ``int`` ``d`` compiles
+    to MindSpore 2.10's undocumented tensor-scalar primitive ``Divs``, ``x / const(d, x)`` to the
+    documented ``Div`` (``python -m tkfac_ms.portability``).
+
     In GRAPH_MODE a bare Python float becomes a float32 constant (0.9 -> 0.8999999762) even
     next to a float64 tensor, and Python scalar arithmetic inside a graph is done in float32
     too; ``Tensor(value, dtype)`` keeps full precision.
@@ -85,8 +89,8 @@ def tkfac_from_sums(
     alive = delta > DELTA_GUARD
     denom = ops.select(alive, sr_sum, ops.ones_like(sr_sum))  # N * delta, never zero
     d_in, d_out = phi_sum.shape[0], psi_sum.shape[0]
-    eye_in = ops.eye(d_in, d_in, phi_sum.dtype) / d_in
-    eye_out = ops.eye(d_out, d_out, psi_sum.dtype) / d_out
+    eye_in = ops.eye(d_in, d_in, phi_sum.dtype) / const(d_in, phi_sum)
+    eye_out = ops.eye(d_out, d_out, psi_sum.dtype) / const(d_out, psi_sum)
     phi = ops.select(alive, phi_sum / denom, eye_in)
     psi = ops.select(alive, psi_sum / denom, eye_out)
     return delta, phi, psi
@@ -114,7 +118,7 @@ def kfac_sums(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         the all-reduce a plain sum).
     """
     a2, u2 = _flatten(a), _flatten(u)
-    return _matmul_tn(a2, a2), _matmul_tn(u2, u2) / u.shape[1]
+    return _matmul_tn(a2, a2), _matmul_tn(u2, u2) / const(u.shape[1], u2)
 
 
 def kfac_stats(a: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,8 +178,8 @@ def tkfac_factor_coefficients(
     denom = ops.select(alive, sr_sum, ops.ones_like(sr_sum))
     zero = ops.zeros_like(sqrt_delta)
     scale = ops.select(alive, sqrt_delta * sum_factor / denom, zero)
-    shift_in = damping_in + ops.select(alive, zero, sqrt_delta / d_in)
-    shift_out = damping_out + ops.select(alive, zero, sqrt_delta / d_out)
+    shift_in = damping_in + ops.select(alive, zero, sqrt_delta / const(d_in, sqrt_delta))
+    shift_out = damping_out + ops.select(alive, zero, sqrt_delta / const(d_out, sqrt_delta))
     return scale, shift_in, shift_out
 
 
@@ -250,8 +254,8 @@ def tkfac_new_damping(delta_tilde: Tensor, phi: Tensor, psi: Tensor) -> tuple[Te
     sd = ops.sqrt(delta_tilde)
     d_in, d_out = phi.shape[0], psi.shape[0]
     return (
-        sd * phi + (delta_tilde / d_in) * _eye_like(phi),
-        sd * psi + (delta_tilde / d_out) * _eye_like(psi),
+        sd * phi + (delta_tilde / const(d_in, phi)) * _eye_like(phi),
+        sd * psi + (delta_tilde / const(d_out, psi)) * _eye_like(psi),
     )
 
 
@@ -264,8 +268,8 @@ def kfac_pi_damping(
     ``A_hat = A + pi sqrt(lambda) I``, ``G_hat = G + sqrt(lambda) / pi I``.
     """
     d_in, d_out = a_factor.shape[0], g_factor.shape[0]
-    tr_a = ops.trace(a_factor) / d_in
-    tr_g = ops.trace(g_factor) / d_out
+    tr_a = ops.trace(a_factor) / const(d_in, a_factor)
+    tr_g = ops.trace(g_factor) / const(d_out, g_factor)
     ok = ops.logical_and(tr_a > 0, tr_g > 0)
     pi = ops.select(
         ok, ops.sqrt(tr_a / ops.select(ok, tr_g, ops.ones_like(tr_g))), ops.ones_like(tr_a)
@@ -311,7 +315,7 @@ def spd_inverse(m: Tensor) -> Tensor:
 def _jitter2(twice: Tensor) -> Tensor:
     """``2 * jitter`` for ``twice = 2 sym(m)``: ``eps * |tr(twice)| / d``, one rounding unit."""
     eps = 1e-15 if twice.dtype == mstype.float64 else 1e-7
-    return eps * ops.abs(ops.trace(twice)) / twice.shape[0]
+    return eps * ops.abs(ops.trace(twice)) / const(twice.shape[0], twice)
 
 
 _matrix_inverse = ops.MatrixInverse()
@@ -346,10 +350,10 @@ def inverse_is_valid(m: Tensor, inv: Tensor) -> Tensor:
     """
     d = m.shape[0]
     ones = ops.ones((d, 1), m.dtype)
-    signs = ones - 2 * ops.cast(ops.arange(d).reshape(d, 1) % 2, m.dtype)
+    signs = ops.tile(Tensor([1.0, -1.0], m.dtype), ((d + 1) // 2,))[:d].reshape(d, 1)
     probes = ops.concat((ones, signs), axis=1)  # [d, 2]
     residual = ops.matmul(m, ops.matmul(inv, probes)) - probes
-    ratio = (residual * residual).sum() / (2 * d)  # ||V||_F^2 = 2 d
+    ratio = (residual * residual).sum() / const(2 * d, m)  # ||V||_F^2 = 2 d
     finite = ops.isfinite(inv).all()
     safe_ratio = ops.select(ops.isfinite(ratio), ratio, ops.ones_like(ratio) * 1e30)
     tol2 = const(INVERSE_RESIDUAL_TOL * INVERSE_RESIDUAL_TOL, ratio)

@@ -258,7 +258,7 @@ class _FactorCapture(nn.Cell):
 
     def _kfac_g_sum(self, g):
         u = _channel_major(g)
-        return self.matmul_nt(u, u) / (g.shape[2] * g.shape[3])
+        return self.matmul_nt(u, u) / _math.const(g.shape[2] * g.shape[3], u)
 
     def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
         sr, a_sum, g_sum = self.sums(x, dout)

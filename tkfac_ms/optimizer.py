@@ -59,6 +59,12 @@ def _momentum_step(apply, lr, momentum, weight_decay, weight, moment, d):
     return _apply_momentum(weight, moment, lr, d, momentum)
 
 
+def _every(step, n: int):
+    """``step % n == 0`` with tensor operands (the scalar forms are undocumented primitives)."""
+    n_t = Tensor(n, step.dtype)
+    return ops.equal(ops.floor_mod(step, n_t), ops.zeros_like(n_t))
+
+
 def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:
     """Weight decay for every parameter except normalization layers' ones and biases (1-D)."""
     norm_ids = {
@@ -235,16 +241,16 @@ class TKFAC(nn.Optimizer):
 
     def is_factor_step(self):
         """True on factor-update steps (``t % factor_update_steps == 0``)."""
-        return (self._step() % self.factor_update_steps) == 0
+        return _every(self._step(), self.factor_update_steps)
 
     def is_inverse_step(self):
         """True on inverse-update steps (``t % inv_update_steps == 0``)."""
-        return (self._step() % self.inv_update_steps) == 0
+        return _every(self._step(), self.inv_update_steps)
 
     def current_damping(self):
         """``lambda`` at the current step (the last value once a per-step list runs out)."""
         i = ops.minimum(self._step(), self.last_damping_index)
-        return self.damping_values[i]
+        return ops.gather(self.damping_values, i, 0)
 
     # ------------------------------------------------------------------ factors
     def new_factors(self, stats, count, u_scale2):
@@ -262,7 +268,7 @@ class TKFAC(nn.Optimizer):
         Returns:
             ``(a_factors, g_factors, deltas, beta)``: tuples over layers, and TKFAC_new's ``beta``.
         """
-        first = self.factor_updates == 0
+        first = ops.equal(self.factor_updates, Tensor(0, mstype.int32))
         decay = self.factor_decay
         count = ops.cast(count, self.factor_dtype)
         c2 = ops.cast(u_scale2, self.factor_dtype)
@@ -279,7 +285,7 @@ class TKFAC(nn.Optimizer):
             # damped factor = scale * sum + shift * I (spec Sec. 2-3), averaged without forming
             # it: a compiled CPU graph keeps every d x d intermediate (docs/performance.md)
             if self.is_kfac:
-                scale_a, shift_a = 1.0 / count, None
+                scale_a, shift_a = ops.ones_like(count) / count, None
                 scale_g, shift_g = c2 / count, None
                 deltas += (self.delta_state[i],)
             else:
@@ -289,7 +295,7 @@ class TKFAC(nn.Optimizer):
                 if self.is_new:
                     dt = _math.tkfac_new_delta(delta, self.nu, None if self.is_conv[i] else beta)
                     sd = ops.sqrt(dt)
-                    damp_a, damp_g = dt / d_in, dt / d_out
+                    damp_a, damp_g = dt / _math.const(d_in, dt), dt / _math.const(d_out, dt)
                 else:
                     sd = ops.sqrt(delta)
                     damp_a = ops.sqrt(ops.cast(damping, self.factor_dtype))
