@@ -34,6 +34,7 @@ __all__ = [
     "kfac_pi_damping",
     "moving_average",
     "spd_inverse",
+    "spd_inverse_or_none",
     "precondition",
     "kl_clip_scale",
     "grad_matrix",
@@ -307,6 +308,23 @@ def spd_inverse(m: Tensor) -> Tensor:
     """
     chol = torch.linalg.cholesky(m)
     inv = torch.cholesky_inverse(chol)
+    return 0.5 * (inv + inv.T)
+
+
+def spd_inverse_or_none(m: Tensor) -> Tensor | None:
+    """:func:`spd_inverse`, or None if ``m`` is not positive definite or the inverse not finite.
+
+    The guard of a curvature update (``TKFAC._curvature_update``): ``torch.linalg.cholesky_ex``
+    reports a failed factorization in ``info`` instead of raising.
+    """
+    if not bool(torch.isfinite(m).all()):
+        return None
+    chol, info = torch.linalg.cholesky_ex(m)
+    if int(info) != 0:
+        return None
+    inv = torch.cholesky_inverse(chol)
+    if not bool(torch.isfinite(inv).all()):
+        return None
     return 0.5 * (inv + inv.T)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -228,6 +228,8 @@ class TKFAC(torch.optim.Optimizer):
         self._decayed = {id(p) for n, p in named if selects(n, p)}
         self._t = 0  # the step t of the next call to step()
         self.beta = torch.tensor(1.0)  # TKFAC_new's beta of the last factor update
+        #: curvature updates (factors and/or inverses of one step) discarded by the guard
+        self.rejected_curvature_updates = 0
         self._arm_captures()
 
     # ------------------------------------------------------------------ public views
@@ -330,10 +332,7 @@ class TKFAC(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         t, cfg = self._t, self.config
-        if self.is_factor_step(t):
-            self._update_factors(cfg.damping_at(t))
-        if self.is_inverse_step(t):
-            self._update_inverses(cfg.damping_at(t))
+        self._curvature_update(t)
         lr = cfg.lr_at(t)
         updates = self._directions(lr)
         for p, d in updates.items():
@@ -363,11 +362,56 @@ class TKFAC(torch.optim.Optimizer):
             return self.factor_dtype
         return torch.promote_types(layer.weight.dtype, torch.float32)
 
-    def _update_factors(self, damping: float) -> None:
-        """Spec Sec. 2-4 on this batch: statistics, damping, moving average of every layer."""
+    def _curvature_update(self, t: int) -> bool:
+        """Spec Sec. 5 steps 1-2 of step ``t``, all or nothing; returns whether it was kept.
+
+        The new factors (on factor steps) and inverses (on inverse steps) are computed aside and
+        kept only if every new factor is finite with a non-negative diagonal and every damped
+        factor to invert is positive definite (``torch.linalg.cholesky_ex`` reports it) with a
+        finite inverse. Otherwise nothing changes and ``rejected_curvature_updates`` goes up:
+        the same guard as ``tkfac_ms.TKFAC.curvature_update`` (where the test is an LU inverse's
+        residual, MindSpore having no non-raising Cholesky on every device).
+        """
+        damping = self.config.damping_at(t)
+        factor_step, inverse_step = self.is_factor_step(t), self.is_inverse_step(t)
+        if not (factor_step or inverse_step):
+            return True
+        new = self._new_factors(damping) if factor_step else {}
+        ok = all(
+            bool(torch.isfinite(m).all()) and bool((torch.diagonal(m) >= 0).all())
+            for st in new.values()
+            for m in (st.a_factor, st.g_factor)
+            if m is not None
+        )
+        invs: dict[str, tuple[Tensor, Tensor]] = {}
+        if ok and inverse_step:
+            for name, layer in self._layers.items():
+                st = new.get(name, layer.state)
+                if st.a_factor is None or st.g_factor is None:
+                    continue
+                pair = self._inverses(st.a_factor, st.g_factor, damping)
+                if pair is None:
+                    ok = False
+                    break
+                invs[name] = pair
+        if not ok:
+            self.rejected_curvature_updates += 1
+            return False
+        for name, st in new.items():
+            layer = self._layers[name]
+            layer.state = st
+        if factor_step and self.config.approximation == Approximation.TKFAC_NEW:
+            self.beta = self._new_beta
+        for name, (a_inv, g_inv) in invs.items():
+            self._layers[name].state.a_inv, self._layers[name].state.g_inv = a_inv, g_inv
+        return True
+
+    def _new_factors(self, damping: float) -> dict[str, LayerState]:
+        """Spec Sec. 2-4 on this batch: the next state of every captured layer (nothing set)."""
         cfg = self.config
         batch = self._captured_vectors()
         current: list[tuple[_Layer, Tensor, Tensor]] = []  # (layer, a_batch, g_batch)
+        stats_of: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         if cfg.approximation == Approximation.KFAC:
             for layer, a, u in batch:
                 current.append((layer, *_math.kfac_stats(a, u)))  # spec Sec. 6
@@ -375,24 +419,30 @@ class TKFAC(torch.optim.Optimizer):
             stats: list[tuple[_Layer, Tensor, Tensor, Tensor]] = []
             for layer, a, u in batch:
                 delta, phi, psi = _math.tkfac_stats(a, u)  # spec Sec. 2, Eq. 8 / 12
-                layer.state.delta, layer.state.phi, layer.state.psi = delta, phi, psi
+                stats_of[layer.name] = (delta, phi, psi)
                 stats.append((layer, delta, phi, psi))
+            self._new_beta = self.beta
             if cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 16, over the whole network
                 conv_deltas = [delta for layer, delta, _, _ in stats if layer.is_conv]
-                self.beta = _math.tkfac_new_beta(conv_deltas, cfg.nu)
+                self._new_beta = _math.tkfac_new_beta(conv_deltas, cfg.nu)
             for layer, delta, phi, psi in stats:
                 if cfg.approximation == Approximation.TKFAC_NOR:  # Eq. 14
                     damped = _math.tkfac_nor_damping(delta, phi, psi, damping)
                 else:  # TKFAC_new, Eq. 15: beta only for Linear layers
-                    beta = None if layer.is_conv else self.beta.to(delta.dtype)
+                    beta = None if layer.is_conv else self._new_beta.to(delta.dtype)
                     damped = _math.tkfac_new_damping(delta, phi, psi, cfg.nu, beta)
                 current.append((layer, *damped))
+        new: dict[str, LayerState] = {}
         for layer, a_batch, g_batch in current:  # spec Sec. 4, Eq. 17-18
-            st = layer.state
+            st = replace(layer.state)
             first = st.a_factor is None
+            if layer.name in stats_of:
+                st.delta, st.phi, st.psi = stats_of[layer.name]
             st.a_batch, st.g_batch = a_batch, g_batch
             st.a_factor = _math.moving_average(st.a_factor, a_batch, cfg.factor_decay, first)
             st.g_factor = _math.moving_average(st.g_factor, g_batch, cfg.factor_decay, first)
+            new[layer.name] = st
+        return new
 
     def _captured_vectors(self) -> list[tuple[_Layer, Tensor, Tensor]]:
         """``(layer, a, u)`` in the factor dtype for every layer used in this step's forward."""
@@ -419,17 +469,16 @@ class TKFAC(torch.optim.Optimizer):
             f"{self._t}; call loss.backward() before opt.step()"
         )
 
-    def _update_inverses(self, damping: float) -> None:
-        """Spec Sec. 4 (and Sec. 6 damping for KFAC): invert both factors of every layer."""
-        for layer in self._layers.values():
-            st = layer.state
-            if st.a_factor is None or st.g_factor is None:
-                continue
-            a_mat, g_mat = st.a_factor, st.g_factor
-            if self.config.approximation == Approximation.KFAC:
-                a_mat, g_mat = _math.kfac_pi_damping(a_mat, g_mat, damping)
-            st.a_inv = _math.spd_inverse(a_mat)
-            st.g_inv = _math.spd_inverse(g_mat)
+    def _inverses(
+        self, a_mat: Tensor, g_mat: Tensor, damping: float
+    ) -> tuple[Tensor, Tensor] | None:
+        """Spec Sec. 4 (and Sec. 6 damping for KFAC): both inverses, or None if not SPD."""
+        if self.config.approximation == Approximation.KFAC:
+            a_mat, g_mat = _math.kfac_pi_damping(a_mat, g_mat, damping)
+        a_inv, g_inv = _math.spd_inverse_or_none(a_mat), _math.spd_inverse_or_none(g_mat)
+        if a_inv is None or g_inv is None:
+            return None
+        return a_inv, g_inv
 
     def _directions(self, lr: float) -> dict[nn.Parameter, Tensor]:
         """``D`` for every parameter with a gradient (spec Sec. 5 step 3 and KL clipping)."""
