@@ -78,16 +78,18 @@ def test_cholesky_is_refused_on_the_portable_route(monkeypatch):
 
 
 def test_ir_parser_reads_primitives_not_comments_or_subgraph_calls():
-    text = "\n".join([
-        "subgraph @g(%para1_x) {",
-        "  %0(CNode_1) = PrimFunc_MatMul(%para1_x, %para1_x) cnode_attrs: {}",
-        "      # In file a.py:3/    y = ops.cholesky(x) = Cholesky(x)/",
-        "  %1(CNode_2) = Load(%para2_w, UMonad[U])",
-        "  %2(CNode_3) = _all_finite(%0)",
-        "  %3(CNode_4) = @other_graph(%1)",
-        "  %4(CNode_5) = PrimFunc_MatMul(%0, %1)",
-        "}",
-    ])
+    text = "\n".join(
+        [
+            "subgraph @g(%para1_x) {",
+            "  %0(CNode_1) = PrimFunc_MatMul(%para1_x, %para1_x) cnode_attrs: {}",
+            "      # In file a.py:3/    y = ops.cholesky(x) = Cholesky(x)/",
+            "  %1(CNode_2) = Load(%para2_w, UMonad[U])",
+            "  %2(CNode_3) = _all_finite(%0)",
+            "  %3(CNode_4) = @other_graph(%1)",
+            "  %4(CNode_5) = PrimFunc_MatMul(%0, %1)",
+            "}",
+        ]
+    )
     assert portability.primitives_in_ir(text) == {"MatMul": 2, "Load": 1}
 
 
@@ -95,7 +97,8 @@ def test_support_table_is_what_the_generator_gives_for_the_installed_mindspore()
     stored = portability.load_support_table()
     fresh = portability.generate_support_table()
     assert stored["mindspore_version"] == ms.__version__
-    assert stored["ops"] == fresh["ops"], "regenerate: python -m tkfac_ms.portability --generate-table"
+    regenerate = "regenerate: python -m tkfac_ms.portability --generate-table"
+    assert stored["ops"] == fresh["ops"], regenerate
     ops = stored["ops"]
     assert ops["Cholesky"]["platforms"] == ["GPU", "CPU"]  # the docs' own words
     assert ops["MatrixInverse"]["platforms"] == ["Ascend", "GPU", "CPU"]
@@ -115,7 +118,11 @@ def run_cli(*args, timeout=600):
     env = {**os.environ, "GLOG_v": "3", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "tkfac_ms.portability", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -130,8 +137,21 @@ def test_cli_usage_errors_exit_2(args, message):
 
 
 def test_cli_passes_for_ascend_and_gpu_on_a_small_net():
-    proc = run_cli("--device", "Ascend", "--device", "GPU", "--approximation", "kfac",
-                   "--fisher", "true", "--table")
+    proc = run_cli(
+        "--device",
+        "Ascend",
+        "--device",
+        "GPU",
+        "--approximation",
+        "kfac",
+        "--fisher",
+        "true",
+        "--loss-scale",
+        "none",
+        "--loss-scale",
+        "dynamic",
+        "--table",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Ascend conv_dense kfac fisher=true loss_scale=none" in proc.stdout
     assert "| `MatrixInverse` | Ascend GPU CPU |" in proc.stdout
@@ -139,17 +159,21 @@ def test_cli_passes_for_ascend_and_gpu_on_a_small_net():
 
 @pytest.mark.slow
 def test_cli_ci_matrix_resnet20_and_vgg16_bn():
-    """The issue's CI matrix: Ascend and GPU x ResNet-20, VGG16-BN x 3 approximations x 2
-    Fisher types, plus dynamic loss scaling (compile only, batch 2)."""
-    proc = run_cli("--device", "Ascend", "--device", "GPU", "--model", "resnet20",
-                   "--model", "vgg16_bn", "--loss-scale", "none", "--loss-scale", "dynamic",
-                   "--approximation", "tkfac_new", timeout=1500)
+    """The issue's CI matrix: Ascend and GPU (one route, one compile) x ResNet-20, VGG16-BN x
+    3 approximations x 2 Fisher types, compile only, batch 2 (about 12 x 35 s)."""
+    proc = run_cli(
+        "--device",
+        "Ascend",
+        "--device",
+        "GPU",
+        "--model",
+        "resnet20",
+        "--model",
+        "vgg16_bn",
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    proc = run_cli("--device", "Ascend", "--device", "GPU", "--model", "resnet20",
-                   "--model", "vgg16_bn", "--approximation", "tkfac_nor",
-                   "--approximation", "kfac", timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count(": ") >= 16
+    assert proc.stdout.count("primitives, ok") == 24, proc.stdout
 
 
 # ------------------------------------------------------------------ the label sampler

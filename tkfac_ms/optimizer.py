@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
@@ -307,12 +306,9 @@ class TKFAC(nn.Optimizer):
                 scale_g = scale_a
                 deltas += (delta,)
             a_sum, g_sum = stats[3 * i + 1], stats[3 * i + 2]
-            a_new += (
-                _math.update_moving_average(self.a_factor[i], a_sum, scale_a, shift_a, decay, first),
-            )
-            g_new += (
-                _math.update_moving_average(self.g_factor[i], g_sum, scale_g, shift_g, decay, first),
-            )
+            ema = _math.update_moving_average
+            a_new += (ema(self.a_factor[i], a_sum, scale_a, shift_a, decay, first),)
+            g_new += (ema(self.g_factor[i], g_sum, scale_g, shift_g, decay, first),)
         return a_new, g_new, deltas, beta
 
     def new_inverses(self, a_factors, g_factors):

@@ -98,9 +98,22 @@ def _primitive_classes() -> dict[str, tuple[type, str]]:
     from mindspore.ops.primitive import Primitive
 
     modules = [gen_prim, P]
-    for sub in ("_inner_ops", "_grad_ops", "comm_ops", "array_ops", "math_ops", "nn_ops",
-                "random_ops", "other_ops", "linalg_ops", "custom_ops", "_sequence_ops",
-                "_scalar_ops", "debug_ops", "control_ops"):
+    for sub in (
+        "_inner_ops",
+        "_grad_ops",
+        "comm_ops",
+        "array_ops",
+        "math_ops",
+        "nn_ops",
+        "random_ops",
+        "other_ops",
+        "linalg_ops",
+        "custom_ops",
+        "_sequence_ops",
+        "_scalar_ops",
+        "debug_ops",
+        "control_ops",
+    ):
         with contextlib.suppress(ImportError):
             modules.append(__import__(f"mindspore.ops.operations.{sub}", fromlist=["x"]))
     out: dict[str, tuple[type, str]] = {}
@@ -217,7 +230,9 @@ def generate_support_table() -> dict[str, Any]:
     for fn, names in callees.items():
         for n in names:
             callers.setdefault(n, set()).add(fn)
-    by_public = {where[k].rpartition(".")[2]: k for k in docs if where[k].startswith("mindspore.ops.")}
+    by_public = {
+        where[k].rpartition(".")[2]: k for k in docs if where[k].startswith("mindspore.ops.")
+    }
 
     def documented_entries(start: set[str]) -> set[str]:
         seen, frontier, found = set(start), set(start), set()
@@ -254,8 +269,10 @@ def generate_support_table() -> dict[str, Any]:
                     plats = [d for d in DEVICES if all(d in docs[e] for e in entries)]
                     names = ", ".join(sorted(where[e] for e in entries)[:4])
                     more = f" and {len(entries) - 4} more" if len(entries) > 4 else ""
-                    source = (f"intersection of the documented platforms of {names}{more} "
-                              f"(each reaches {name})")
+                    source = (
+                        f"intersection of the documented platforms of {names}{more} "
+                        f"(each reaches {name})"
+                    )
         if plats is None:
             continue
         deprecated = "deprecated" in doc.lower().split("supported platforms")[0][:4000]
@@ -292,8 +309,11 @@ def generate_support_table() -> dict[str, Any]:
                 "deprecated": False,
             }
         else:
-            ops_table[node] = {"platforms": list(DEVICES), "source": f"IR node: {why}",
-                               "deprecated": False}
+            ops_table[node] = {
+                "platforms": list(DEVICES),
+                "source": f"IR node: {why}",
+                "deprecated": False,
+            }
     return {
         "mindspore_version": ms.__version__,
         "generated_by": "python -m tkfac_ms.portability --generate-table",
@@ -434,8 +454,12 @@ def build_step(
 
         net = create_model(model, classes)
     opt = tkfac_ms.TKFAC(
-        net, 0.01, approximation=approximation, fisher=fisher,
-        factor_update_steps=1, inv_update_steps=1,
+        net,
+        0.01,
+        approximation=approximation,
+        fisher=fisher,
+        factor_update_steps=1,
+        inv_update_steps=1,
     )
     scale_sense = None
     if loss_scale == "fixed":
@@ -509,22 +533,45 @@ def _parser() -> argparse.ArgumentParser:
         ),
         allow_abbrev=False,
     )
-    p.add_argument("--device", action="append", choices=DEVICES,
-                   help="device whose route and kernels to check (repeatable; GPU and Ascend "
-                        "share one route, so one compile checks both; default: Ascend)")
-    p.add_argument("--model", action="append", choices=sorted(MODELS),
-                   help="network (repeatable; default: conv_dense)")
-    p.add_argument("--approximation", action="append", choices=APPROXIMATIONS,
-                   help="approximation (repeatable; default: all three)")
-    p.add_argument("--fisher", action="append", choices=FISHERS,
-                   help="Fisher type (repeatable; default: both)")
-    p.add_argument("--loss-scale", action="append", choices=LOSS_SCALES,
-                   help="loss scaling (repeatable; default: none)")
-    p.add_argument("--table", action="store_true",
-                   help="print the primitive x platform table of the compiled graph (markdown)")
-    p.add_argument("--generate-table", action="store_true",
-                   help="regenerate tkfac_ms/op_support/mindspore-<version>.json from the "
-                        "installed MindSpore's op documentation, then exit")
+    p.add_argument(
+        "--device",
+        action="append",
+        choices=DEVICES,
+        help="device whose route and kernels to check (repeatable; GPU and Ascend "
+        "share one route, so one compile checks both; default: Ascend)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        choices=sorted(MODELS),
+        help="network (repeatable; default: conv_dense)",
+    )
+    p.add_argument(
+        "--approximation",
+        action="append",
+        choices=APPROXIMATIONS,
+        help="approximation (repeatable; default: all three)",
+    )
+    p.add_argument(
+        "--fisher", action="append", choices=FISHERS, help="Fisher type (repeatable; default: both)"
+    )
+    p.add_argument(
+        "--loss-scale",
+        action="append",
+        choices=LOSS_SCALES,
+        help="loss scaling (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="print the primitive x platform table of the compiled graph (markdown)",
+    )
+    p.add_argument(
+        "--generate-table",
+        action="store_true",
+        help="regenerate tkfac_ms/op_support/mindspore-<version>.json from the "
+        "installed MindSpore's op documentation, then exit",
+    )
     return p
 
 
@@ -547,8 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     devices = tuple(dict.fromkeys(args.device or ["Ascend"]))
-    routes = [r for r in (tuple(d for d in devices if d != "CPU"), ("CPU",) if "CPU" in devices
-                          else ()) if r]
+    routes = [
+        r
+        for r in (tuple(d for d in devices if d != "CPU"), ("CPU",) if "CPU" in devices else ())
+        if r
+    ]
     models = args.model or ["conv_dense"]
     approximations = args.approximation or list(APPROXIMATIONS)
     fishers = args.fisher or list(FISHERS)
@@ -564,24 +614,31 @@ def main(argv: list[str] | None = None) -> int:
                         for k, v in prims.items():
                             union[k] = union.get(k, 0) + v
                         for device in route:
-                            status = ("ok" if not bad[device]
-                                      else "UNSUPPORTED: " + ", ".join(bad[device]))
-                            print(f"{device} {model} {approx} fisher={fisher} "
-                                  f"loss_scale={scale}: {len(prims)} primitives, {status}",
-                                  flush=True)
+                            status = (
+                                "ok"
+                                if not bad[device]
+                                else "UNSUPPORTED: " + ", ".join(bad[device])
+                            )
+                            print(
+                                f"{device} {model} {approx} fisher={fisher} "
+                                f"loss_scale={scale}: {len(prims)} primitives, {status}",
+                                flush=True,
+                            )
                             failed = failed or bool(bad[device])
     if args.table:
-        print(f"\n| primitive | documented platforms | source (MindSpore {table['mindspore_version']}) |")
+        version = table["mindspore_version"]
+        print(f"\n| primitive | documented platforms | source (MindSpore {version}) |")
         print("|---|---|---|")
         for prim, plats, source in support_matrix(union, table):
             print(f"| `{prim}` | {plats} | {source} |")
     names = "/".join(devices)
     if failed:
-        print(f"error: primitives without a documented {names} kernel (see above)",
-              file=sys.stderr)
+        print(f"error: primitives without a documented {names} kernel (see above)", file=sys.stderr)
         return 1
-    print(f"all {len(union)} primitives have a documented {names} kernel "
-          f"(MindSpore {table['mindspore_version']})")
+    print(
+        f"all {len(union)} primitives have a documented {names} kernel "
+        f"(MindSpore {table['mindspore_version']})"
+    )
     return 0
 
 
