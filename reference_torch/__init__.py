@@ -8,12 +8,20 @@ It implements ``shared/spec/tkfac-math.md`` (restated in ``docs/math.md``) in th
     opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
 """
 
+from importlib import metadata as _metadata
+
 from reference_torch._math import kfac_stats, tkfac_stats
 from reference_torch.capture import LayerCapture, UnsupportedLayerError
 from reference_torch.config import Approximation, FisherType, LossReduction, TKFACConfig
 from reference_torch.optimizer import TKFAC, LayerState, default_decay_filter
 
+try:  # the installed distribution's version (pyproject.toml's); a bare checkout has none
+    __version__: str = _metadata.version("tkfac-ms")
+except _metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "TKFAC",
     "TKFACConfig",
     "Approximation",

@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from testing_utils import rel_err
 from zoo_helpers import ROOT, VENV_BIN, free_port, run
 
 WORKER = ROOT / "tests" / "dist_worker.py"
@@ -50,10 +51,6 @@ def runs(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
     return {name: dict(np.load(tmp / f"{name}.npz")) for name in ("single_0", "dist_0", "dist_1")}
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-
-
 def _kind(key: str) -> str:
     if "/f0/" in key:
         return "inverses" if "_inv" in key else "factors"
@@ -76,7 +73,7 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(runs, tmp_path):
         if "/loss" in key:
             continue
         kind = _kind(key)
-        err = _rel(single[key], dist[key])
+        err = rel_err(dist[key], single[key])
         case = per_case.setdefault(key.split("/", 1)[0], {})
         case[kind] = max(case.get(kind, 0.0), err)
         if err >= worst.get(kind, (-1.0, ""))[0]:

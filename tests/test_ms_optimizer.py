@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from mindspore import Tensor, nn, ops
+from testing_utils import rel_err
 
 import reference_torch
 import tkfac_ms
@@ -23,11 +24,6 @@ ms.set_device("CPU")
 
 N, D_IN, HIDDEN, CLASSES = 12, 6, 5, 4
 PARITY_TOL = 1e-9
-
-
-def rel_err(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-300))
 
 
 class MsMLP(nn.Cell):

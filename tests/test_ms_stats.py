@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from mindspore import Tensor, nn, ops
+from testing_utils import rel_err
 from torch.func import functional_call, grad, vmap
 
 import reference_torch
@@ -23,11 +24,6 @@ import tkfac_ms
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
-
-
-def rel_err(x, ref) -> float:
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-300))
 
 
 # --------------------------------------------------------------------- pure math vs reference

@@ -15,6 +15,7 @@ choose otherwise. See docs/performance.md.
 """
 
 import os as _os
+from importlib import metadata as _metadata
 
 _os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
@@ -25,7 +26,13 @@ from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfi
 from tkfac_ms.optimizer import TKFAC
 from tkfac_ms.train_cell import TKFACTrainOneStepCell
 
+try:  # the installed distribution's version (pyproject.toml's); a bare checkout has none
+    __version__: str = _metadata.version("tkfac-ms")
+except _metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "TKFAC",
     "TKFACTrainOneStepCell",
     "wrap_network",
