@@ -37,6 +37,7 @@ def _load(res: dict, name: str, tmp_path: Path) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_approx_quality(out, tmp_path):
     from bench import approx_quality
 
@@ -55,6 +56,7 @@ def test_approx_quality(out, tmp_path):
         _png(fig)
 
 
+@pytest.mark.slow
 def test_optim_speed(out, tmp_path):
     from bench import optim_speed
 
@@ -83,6 +85,7 @@ def test_optim_speed(out, tmp_path):
     _png(res["figures"][0])
 
 
+@pytest.mark.slow
 def test_generalization(out, tmp_path):
     from bench import generalization
 
@@ -116,6 +119,7 @@ def test_generalization(out, tmp_path):
     _png(res["figures"][0])
 
 
+@pytest.mark.slow
 def test_damping(out, tmp_path):
     from bench import damping
 
@@ -149,6 +153,7 @@ def test_damping(out, tmp_path):
     _png(res["figures"][0])
 
 
+@pytest.mark.slow
 def test_cost_scaling(out, tmp_path):
     from bench import cost_scaling
 
@@ -169,6 +174,7 @@ def test_cost_scaling(out, tmp_path):
         _png(fig)
 
 
+@pytest.mark.slow
 def test_step_time_cli(tmp_path, capsys):
     from bench import step_time
 
@@ -209,6 +215,7 @@ def test_conv_stats(tmp_path):
     assert json.loads((tmp_path / "cs.json").read_text())["rows"][0]["batch"] == 4
 
 
+@pytest.mark.slow
 def test_graph_memory(tmp_path):
     from bench import graph_memory
 

@@ -87,6 +87,7 @@ def test_library_is_built_once_per_cache_folder(fresh_library, monkeypatch, tmp_
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("approximation", ["tkfac_nor", "kfac"])
 def test_training_with_the_kernel_follows_the_ms_ops_route(approximation):
     """Four steps (factor and inverse updates every step) with the kernel and without it: the

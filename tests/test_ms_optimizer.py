@@ -105,6 +105,7 @@ RUNS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", RUNS, ids=lambda r: r.name)
 def test_five_steps_match_reference(run: Run):
     common = {
@@ -234,6 +235,7 @@ def test_parameter_names_are_kept_and_state_is_named():
             assert f"{layer}.tkfac.{fld}" in names
 
 
+@pytest.mark.slow
 def test_learning_rate_schedule_cell_equals_per_step_list():
     schedule = nn.ExponentialDecayLR(0.25, 0.5, decay_steps=2, is_stair=True)
     per_step = [0.25 * 0.5 ** (t // 2) for t in range(5)]

@@ -70,6 +70,7 @@ def snapshot(cell) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow
 def test_checkpoint_resume_gives_identical_trajectory(tmp_path):
     _, _, cell = build()
     for step in range(3):
@@ -91,6 +92,7 @@ def test_checkpoint_resume_gives_identical_trajectory(tmp_path):
     assert any(".tkfac.a_inv" in n for n in final_a) and "global_step" in final_a
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("approximation", ["tkfac_new", "kfac"])
 def test_loading_a_checkpoint_into_a_cell_that_has_trained_rewinds_it(tmp_path, approximation):
     """``load_checkpoint`` into the same, already-compiled cell: every Parameter (weights,
@@ -116,6 +118,7 @@ def test_loading_a_checkpoint_into_a_cell_that_has_trained_rewinds_it(tmp_path, 
         np.testing.assert_array_equal(final_b[name], final_a[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_nonfinite_step_changes_nothing_and_is_counted():
     _, opt, cell = build()
     cell(*batch(0))
@@ -147,6 +150,7 @@ def test_nonfinite_step_changes_nothing_and_is_counted():
     assert all(np.isfinite(v).all() for v in snapshot(cell).values())
 
 
+@pytest.mark.slow
 def test_model_train_reduces_loss():
     ms.set_seed(0)
     rng = np.random.default_rng(0)
@@ -175,6 +179,7 @@ def test_model_train_reduces_loss():
     assert end < 0.8 * start, (start, end)
 
 
+@pytest.mark.slow
 def test_fixed_loss_scale_gives_the_same_factors():
     _, opt_a, cell_a = build()
     _, opt_b, cell_b = build(scale_sense=Tensor(1024.0))
@@ -188,6 +193,7 @@ def test_fixed_loss_scale_gives_the_same_factors():
     assert float(cell_b.scale_sense.asnumpy()) == 1024.0
 
 
+@pytest.mark.slow
 def test_dynamic_loss_scale_overflow_skips_and_keeps_factors():
     manager = ms.amp.DynamicLossScaleManager(
         init_loss_scale=2.0**120, scale_factor=2.0**100, scale_window=1000
@@ -260,6 +266,7 @@ def test_train_cell_rejects_other_optimizers_and_missing_backbone():
         tkfac_ms.TKFACTrainOneStepCell(Plain(), opt)
 
 
+@pytest.mark.slow
 def test_amp_o2_keeps_factors_in_float32():
     ms.set_seed(0)
     ref = TinyCNN()
@@ -288,6 +295,7 @@ def test_amp_o2_keeps_factors_in_float32():
             assert value.dtype == ms.float32 and np.isfinite(value.asnumpy()).all()
 
 
+@pytest.mark.slow
 def test_true_fisher_pass_leaves_batchnorm_updated_once():
     net_a, _, cell_a = build(fisher="true")
     net_b, _, cell_b = build(fisher="empirical")

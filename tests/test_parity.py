@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mindspore as ms
@@ -31,6 +32,7 @@ import numpy as np
 import pytest
 import torch
 from mindspore import Tensor, nn, ops
+from testing_utils import rel_err
 
 import tkfac_ms
 from model_zoo.src.models import create_model
@@ -46,7 +48,6 @@ from parity.compare import (
     group_of,
     kink_margin,
     load_result,
-    rel_err,
     run_case,
 )
 from parity.onnx_weights import (
@@ -59,7 +60,17 @@ from parity.onnx_weights import (
     randomize_batchnorm,
     read_initializers,
 )
-from parity.tolerances import CAPS, EPS, TOLERANCES, attach, kind, tolerance
+from parity.tolerances import (
+    CAPS,
+    EPS,
+    MAX_MARGIN,
+    MIN_MARGIN,
+    TOLERANCES,
+    attach,
+    kind,
+    margin,
+    tolerance,
+)
 from reference_torch.models import create_torch_model
 
 ms.set_context(mode=ms.GRAPH_MODE)
@@ -150,6 +161,7 @@ def _group_params():
 # --------------------------------------------------------------------------- the comparison
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case_id", "group"), list(_group_params()))
 def test_group_within_tolerance(results, case_id, group):
     rows = [r for r in results(case_id).rows if r.group == group]
@@ -161,6 +173,7 @@ def test_group_within_tolerance(results, case_id, group):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", list(CI_CASES))
 def test_every_layer_and_parameter_is_compared(results, case_id):
     """The rows cover every preconditioned layer, parameter and buffer, none of them empty."""
@@ -206,6 +219,7 @@ def test_every_layer_and_parameter_is_compared(results, case_id):
     assert not empty, f"rows with an all-zero reference: {[(r.layer, r.quantity) for r in empty]}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("TKFAC_PARITY_VGG_STEP"),
     reason="VGG16's training step peaks at ~19 GB and takes ~3.5 min (docs/parity.md); "
@@ -241,6 +255,7 @@ def test_vgg16_training_step(tmp_path):
     assert {r.group for r in res.rows} >= {"factors", "inverses", "beta", "update"}
 
 
+@pytest.mark.slow
 def test_float32_batches_take_the_same_branches_in_both_frameworks(results):
     """No ReLU mask or max-pool argmax differs between MindSpore, torch float32 and float64."""
     for case_id, case in CI_CASES.items():
@@ -273,38 +288,70 @@ def test_a_perturbed_weight_is_caught(tmp_path):
     with torch.no_grad():
         ref = twins.torch_model(torch.from_numpy(x)).numpy()
     assert (
-        rel_err(twins.ms_net(Tensor(x)).asnumpy(), ref)[0]
-        <= tolerance("small_cnn", "forward").value
+        rel_err(twins.ms_net(Tensor(x)).asnumpy(), ref) <= tolerance("small_cnn", "forward").value
     )
     tol = tolerance("small_cnn", "forward").value
     w = twins.ms_net.conv2.weight
     original = w.asnumpy().copy()
     for change in (lambda a: a * (1 + 1e-4), lambda a: a[[1, 0, *range(2, len(a))]]):
         w.set_data(Tensor(change(original)))  # a 1e-4 drift of one tensor; two channels swapped
-        assert rel_err(twins.ms_net(Tensor(x)).asnumpy(), ref)[0] > tol
+        assert rel_err(twins.ms_net(Tensor(x)).asnumpy(), ref) > tol
 
 
 # --------------------------------------------------------------------------- tolerance table
 
 
 def test_tolerance_table_is_complete_and_obeys_its_rules():
+    """A tolerance is MIN_MARGIN to MAX_MARGIN times its recorded error, and under the caps."""
     for model in ("mlp", "small_cnn", "resnet20", "vgg16_bn"):
         assert set(TOLERANCES[model]) == set(GROUPS), model
         for group, tol in TOLERANCES[model].items():
             assert tol.reason, (model, group)
-            floor = EPS[kind(model)]
-            assert tol.measured <= tol.value <= max(10 * tol.measured, floor), (model, group, tol)
+            if tol.measured == 0.0:
+                assert tol.value == EPS[kind(model)], (model, group, tol)
+            else:
+                assert MIN_MARGIN <= margin(tol) <= MAX_MARGIN, (model, group, tol, margin(tol))
             cap = CAPS[kind(model)].get(group)
             assert cap is None or tol.value <= cap, (model, group, tol.value, cap)
 
 
-def test_measured_errors_are_recorded_in_the_table(results):
-    """The table's 'measured' is the worst error of the CI cases, so it stays honest."""
+class RecordExceeded(UserWarning):
+    """A CI error above the value recorded in the table (still within the tolerance)."""
+
+
+@pytest.mark.slow
+def test_measured_errors_are_reported_against_the_recorded_ones(results):
+    """Measured vs recorded vs tolerance, per case and group: reported, not enforced.
+
+    The tolerance is the bound (``test_group_within_tolerance``); the recorded value is one
+    machine's measurement. A measurement above it (another summation order, another CPU) is a
+    warning in pytest's summary, to update ``parity/tolerances.py`` with; ``pytest -s`` prints
+    the whole table.
+    """
+    lines = [f"{'case':22s} {'group':10s} {'measured':>9s} {'recorded':>9s} {'tolerance':>9s}"]
+    above = []
     for case_id, case in CI_CASES.items():
+        worst: dict[str, float] = {}
         for row in results(case_id).rows:
-            assert row.err <= TOLERANCES[case.model][row.group].measured * 1.0000001 or (
-                row.err == 0.0
-            ), (case_id, row.layer, row.quantity, row.err)
+            worst[row.group] = max(worst.get(row.group, 0.0), row.err)
+        for group, err in worst.items():
+            tol = tolerance(case.model, group)
+            flag = ""
+            if err > tol.measured * 1.0000001 and err > 0.0:
+                flag = "  above recorded"
+                above.append(f"{case_id}/{group}: {err:.2e} > recorded {tol.measured:.1e}")
+            lines.append(
+                f"{case_id:22s} {group:10s} {err:9.2e} {tol.measured:9.1e} {tol.value:9.1e}{flag}"
+            )
+    print("\nPARITY measured vs recorded (parity/tolerances.py)\n" + "\n".join(lines))
+    if above:
+        warnings.warn(
+            RecordExceeded(
+                f"{len(above)} parity groups above their recorded error, within tolerance: "
+                + "; ".join(above)
+            ),
+            stacklevel=1,
+        )
 
 
 def test_group_names():
@@ -448,17 +495,18 @@ def test_branch_probe_sees_mindspore_on_torch_weights(tmp_path):
     assert ms.get_context("mode") == ms.GRAPH_MODE
     assert [a.shape for a in ms_calls] == [a.shape for a in calls]
     for a, b in zip(ms_calls, calls, strict=True):
-        assert rel_err(a, b)[0] < 1e-5
+        assert rel_err(a, b) < 1e-5
     flips, margin = probe.check(twins.torch_model, x)
     assert len(flips) == len(calls) and 0.0 <= margin <= 1.0
     with torch.no_grad():  # another weight in torch: the probe follows it
         twins.torch_model.conv1.weight.mul_(-1.0)
-    assert rel_err(probe.mindspore_inputs(twins.torch_model, x)[0], calls[0])[0] > 0.1
+    assert rel_err(probe.mindspore_inputs(twins.torch_model, x)[0], calls[0]) > 0.1
 
 
 # --------------------------------------------------------------------------- CLI and script
 
 
+@pytest.mark.slow
 def test_script_prints_usage_on_bad_input():
     for args in (
         [],

@@ -160,6 +160,7 @@ def test_matrix_covers_every_registered_network_and_optimizer():
     assert set(NET_INPUT) == set(MODELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, optimizer", list(_matrix()))
 def test_every_network_and_optimizer_trains_two_steps(model, optimizer):
     size, kwargs = NET_INPUT[model]
@@ -297,6 +298,7 @@ def test_train_rejects_unknown_override_and_mismatched_resume(tmp_path, capsys):
     assert "lr: 0.1 -> 0.5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, args",
     [
@@ -334,6 +336,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_main_command_trains_resnet20_tkfac_new_and_says_where_outputs_went(tmp_path):
     out = tmp_path / "main"
     result = run(["bash", str(SCRIPTS / "train_default.sh"), "--output", str(out), *TINY], 240)
@@ -400,6 +403,7 @@ def standalone_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_standalone_script_writes_checkpoints_metrics_and_plot(standalone_run):
     out = standalone_run
     assert [p.name for p in sorted((out / "checkpoints").glob("*.ckpt"))] == [
@@ -414,6 +418,7 @@ def test_standalone_script_writes_checkpoints_metrics_and_plot(standalone_run):
     assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(standalone_run, tmp_path):
     out = tmp_path / "resumed"
     base = [
@@ -446,6 +451,7 @@ def test_resume_continues_bit_identically(standalone_run, tmp_path):
     assert rows_got == rows_want
 
 
+@pytest.mark.slow
 def test_eval_script_reproduces_the_last_epoch_evaluation(standalone_run, tmp_path):
     result_file = tmp_path / "eval.json"
     cmd = [
@@ -469,6 +475,7 @@ def test_eval_script_reproduces_the_last_epoch_evaluation(standalone_run, tmp_pa
     assert got["test_loss"] == pytest.approx(float(last["test_loss"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_distribute_script_trains_on_two_msrun_workers(tmp_path):
     out = tmp_path / "dist"
     cmd = [
