@@ -79,7 +79,13 @@ from model_zoo.src.trainer.callbacks import (  # noqa: E402
 )
 from model_zoo.src.trainer.checkpoint import CHECKPOINT_DIR  # noqa: E402
 from model_zoo.src.trainer.plot import load_run, plot_runs  # noqa: E402
-from model_zoo.src.trainer.rundir import RunFolderError, RunLock, previous_run_files  # noqa: E402
+from model_zoo.src.trainer.rundir import (  # noqa: E402
+    RunFolderError,
+    RunLock,
+    in_use_error,
+    lock_holder,
+    previous_run_files,
+)
 
 # Settings a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE_CHANGES = frozenset(
@@ -384,6 +390,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RunFolderError, FileNotFoundError, ValueError, OSError) as exc:
         if lock is not None:
             lock.release()
+        elif not isinstance(exc, RunFolderError):
+            # A folder in use by a live run: that is the error to report (it may be why the
+            # folder has no checkpoint yet, or settings that differ).
+            for folder in (args.output, args.resume):
+                owner = lock_holder(folder) if folder and Path(folder).is_dir() else None
+                if owner:
+                    exc = in_use_error(folder, owner)
+                    break
         text = str(exc).strip().replace("\n", " ") or type(exc).__name__
         print(f"error: {text}", file=sys.stderr)
         return 2

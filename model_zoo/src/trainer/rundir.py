@@ -27,6 +27,7 @@ __all__ = [
     "RunFolderError",
     "RunLock",
     "pid_alive",
+    "lock_holder",
     "previous_run_files",
     "temp_name",
     "remove_stale_temps",
@@ -105,6 +106,33 @@ def _describe_owner(text: str) -> tuple[int | None, str]:
     return pid, f"PID {pid}" + (f" on {host}" if host else "")
 
 
+def lock_holder(output_dir: str | os.PathLike) -> str | None:
+    """``"PID n on host h"`` of the live run that holds ``output_dir``, or None (no side effect)."""
+    path = Path(output_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _describe_owner(os.pread(fd, 4096, 0).decode(errors="replace"))[1]
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def in_use_error(output_dir: str | os.PathLike, owner: str) -> RunFolderError:
+    """The error of a folder held by another live run."""
+    return RunFolderError(
+        f"{output_dir} is in use by another run ({owner}, lock file "
+        f"{Path(output_dir) / LOCK_NAME}); wait for it to end, or choose another folder with "
+        "--output"
+    )
+
+
 class RunLock:
     """An exclusive lock on an output folder, held from :meth:`acquire` to :meth:`release`.
 
@@ -145,11 +173,7 @@ class RunLock:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
                     raise
                 text = self.path.read_text() if self.path.exists() else ""
-                _, owner = _describe_owner(text)
-                raise RunFolderError(
-                    f"{self.output_dir} is in use by another run ({owner}, lock file "
-                    f"{self.path}); wait for it to end, or choose another folder with --output"
-                ) from None
+                raise in_use_error(self.output_dir, _describe_owner(text)[1]) from None
             # The file may have been removed (and replaced) by its previous owner between our
             # open and flock: then the lock is on a file nobody else sees. Retry.
             try:
