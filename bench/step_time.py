@@ -65,6 +65,7 @@ def measure(
     momentum_steps: int = 16,
     lr: float = 1e-6,
     rounds: int = 4,
+    **tkfac_kwargs,
 ) -> dict:
     """Time every kind of TKFAC step against ``nn.Momentum`` on one batch, in this process.
 
@@ -81,6 +82,7 @@ def measure(
             at 1e-3 TKFAC_new diverged on it within 4 steps, and every later step was a skipped
             non-finite step (no update, global step frozen), so the step kinds were mislabelled.
             The arithmetic of a step does not depend on the step size.
+        **tkfac_kwargs: more ``TKFAC`` arguments (``inverse="cholesky"``, ...).
 
     Returns:
         ``median_s`` per step kind, ``momentum_s`` (median), ``amortized_s`` for T = 10, 100,
@@ -111,6 +113,7 @@ def measure(
         nu=1e-2,
         factor_update_steps=3,
         inv_update_steps=2,
+        **tkfac_kwargs,
     )
     cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
     t0 = time.perf_counter()

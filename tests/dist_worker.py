@@ -72,6 +72,29 @@ def run_case(approximation: str, fisher: str, rank: int, world: int) -> dict[str
     return out
 
 
+def audit_primitives(rank: int, world: int) -> np.ndarray:
+    """The primitives of this rank's compiled step on the portable route (KFAC, true Fisher).
+
+    Under msrun the graph holds the data-parallel collectives (``AllReduce`` of the gradients
+    and of the statistics), which the single-process audit of ``python -m tkfac_ms.portability``
+    cannot see; tests/test_distributed.py checks them against the support table.
+    """
+    from tkfac_ms import _device, portability
+
+    os.environ[_device.PORTABLE_ENV] = "1"
+    try:
+        ms.set_seed(0)
+        net = create_model("small_cnn", num_classes=CLASSES, image_size=IMAGE, channels=(4, 8))
+        opt = tkfac_ms.TKFAC(net, 0.05, approximation="kfac", fisher="true")
+        cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
+        x, y, _ = batch(0)
+        local = GLOBAL_BATCH // world
+        prims = portability.compiled_primitives(cell, Tensor(x[:local]), Tensor(y[:local]))
+    finally:
+        os.environ.pop(_device.PORTABLE_ENV, None)
+    return np.asarray(sorted(prims))
+
+
 def main() -> None:
     """Run every case and save this rank's arrays."""
     prefix = sys.argv[1]
@@ -80,6 +103,7 @@ def main() -> None:
     for approximation, fisher in CASES:
         case = run_case(approximation, fisher, rank, world)
         arrays.update({f"{approximation}-{fisher}/{k}": v for k, v in case.items()})
+    arrays["audit/primitives"] = audit_primitives(rank, world)
     np.savez(f"{prefix}_{rank}.npz", **arrays)
     print(f"[rank {rank}/{world}] saved {len(arrays)} arrays to {prefix}_{rank}.npz", flush=True)
 

@@ -70,7 +70,7 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(runs, tmp_path):
     worst: dict[str, tuple[float, str]] = {}
     per_case: dict[str, dict[str, float]] = {}
     for key in single:
-        if "/loss" in key:
+        if "/loss" in key or key.startswith("audit/"):
             continue
         kind = _kind(key)
         err = rel_err(dist[key], single[key])
@@ -99,3 +99,17 @@ def test_worker_losses_average_to_the_single_worker_loss(runs):
     for key in (k for k in single if "/loss" in k):
         mean = (float(d0[key]) + float(d1[key])) / 2
         assert mean == pytest.approx(float(single[key]), rel=1e-4), key
+
+
+def test_data_parallel_portable_graph_has_documented_kernels_everywhere(runs):
+    """The msrun rank's compiled step (portable route, KFAC, true Fisher) holds the collectives,
+    and every primitive in it has a documented kernel on Ascend, GPU and CPU."""
+    from tkfac_ms import portability
+
+    prims = [str(p) for p in runs["dist_0"]["audit/primitives"]]
+    assert "AllReduce" in prims
+    assert "AllReduce" not in [str(p) for p in runs["single_0"]["audit/primitives"]]
+    table = portability.load_support_table()["ops"]
+    for device in portability.DEVICES:
+        bad = [p for p in prims if device not in table.get(p, {}).get("platforms", [])]
+        assert bad == [], f"{device}: {bad}"
