@@ -77,6 +77,7 @@ def curvature(cell) -> dict[str, np.ndarray]:
     return {k: v for k, v in state(cell).items() if ".tkfac." in k or k == "tkfac.beta"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("approximation", APPROXIMATIONS)
 def test_outlier_batch_on_a_factor_step_does_not_abort_training(approximation):
     opt, cell = build_ms(approximation)
@@ -98,6 +99,7 @@ def test_outlier_batch_on_a_factor_step_does_not_abort_training(approximation):
     assert all(np.isfinite(v).all() for v in state(cell).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("approximation", APPROXIMATIONS)
 @pytest.mark.parametrize("bad", ["indefinite", "nan"])
 def test_unusable_factor_state_keeps_the_inverses_and_is_counted(approximation, bad):

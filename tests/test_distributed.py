@@ -57,6 +57,7 @@ def _kind(key: str) -> str:
     return "trajectory"
 
 
+@pytest.mark.slow
 def test_ranks_hold_identical_state(runs):
     d0, d1 = runs["dist_0"], runs["dist_1"]
     shared = [k for k in d0 if "/loss" not in k]
@@ -64,6 +65,7 @@ def test_ranks_hold_identical_state(runs):
     assert differ == [], f"ranks disagree on {differ}"
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_worker_on_the_concatenated_batch(runs, tmp_path):
     single, dist = runs["single_0"], runs["dist_0"]
     assert single.keys() == dist.keys()
@@ -94,6 +96,7 @@ def test_two_workers_match_one_worker_on_the_concatenated_batch(runs, tmp_path):
             np.testing.assert_array_equal(single[key], dist[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_worker_losses_average_to_the_single_worker_loss(runs):
     single, d0, d1 = runs["single_0"], runs["dist_0"], runs["dist_1"]
     for key in (k for k in single if "/loss" in k):
@@ -101,6 +104,7 @@ def test_worker_losses_average_to_the_single_worker_loss(runs):
         assert mean == pytest.approx(float(single[key]), rel=1e-4), key
 
 
+@pytest.mark.slow
 def test_data_parallel_portable_graph_has_documented_kernels_everywhere(runs):
     """The msrun rank's compiled step (portable route, KFAC, true Fisher) holds the collectives,
     and every primitive in it has a documented kernel on Ascend, GPU and CPU."""

@@ -172,6 +172,7 @@ def test_five_steps_match_reference(run: Run):
     print(f"{run.name}: worst parameter rel err over 5 steps {worst:.2e}")
 
 
+@pytest.mark.slow
 def test_factors_and_inverses_change_only_on_their_steps():
     _, net = make_pair()
     opt = tkfac_ms.TKFAC(

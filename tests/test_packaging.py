@@ -129,10 +129,18 @@ def _is_slow(decorators: list[ast.expr]) -> bool:
     return any(ast.unparse(d) == "pytest.mark.slow" for d in decorators)
 
 
+#: Files whose every test needs one expensive fixture (named, with the reason).
+ALL_SLOW = {
+    "test_distributed.py": "every test reads one msrun run of 2 workers + 1 (~55-95 s)",
+}
+
+
 def test_every_test_file_keeps_a_fast_test():
     """``scripts/run_tests.sh --fast`` (``-m "not slow"``) runs something from every file."""
     no_fast = []
     for path in sorted((ROOT / "tests").glob("test_*.py")):
+        if path.name in ALL_SLOW:
+            continue
         tree = ast.parse(path.read_text())
         module_slow = any(
             isinstance(node, ast.Assign)

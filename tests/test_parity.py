@@ -267,6 +267,7 @@ def test_float32_batches_take_the_same_branches_in_both_frameworks(results):
             assert res.draws >= max(case.steps, 1)
 
 
+@pytest.mark.slow
 def test_a_wrong_damping_is_caught():
     """The comparison can fail: MindSpore with 1% more damping fails exactly where it should."""
     res = run_case(
@@ -582,6 +583,7 @@ def test_mindspore_pad_gradient_upstream_bug():
         np.testing.assert_array_equal(got, w[:, 1:2])
 
 
+@pytest.mark.slow
 def test_set_data_after_a_training_step_takes_effect():
     """Finding 2 of docs/parity.md (fixed): host-side set_data after the cell has run."""
     net = nn.SequentialCell([nn.Dense(12, 5), nn.ReLU(), nn.Dense(5, 3)])

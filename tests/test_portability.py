@@ -48,6 +48,7 @@ def compiled(portable: bool, approximation: str, fisher: str = "true", **kwargs)
             os.environ[_device.PORTABLE_ENV] = env_before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("approximation", ["tkfac_new", "kfac"])
 def test_portable_graph_has_no_cpu_only_primitive(approximation):
     prims, opt = compiled(True, approximation)
@@ -57,6 +58,7 @@ def test_portable_graph_has_no_cpu_only_primitive(approximation):
     assert {"MatrixInverse", "StandardNormal", "Diag"} <= set(prims)
 
 
+@pytest.mark.slow
 def test_the_cpu_route_differs_and_the_audit_sees_it():
     """The check above can fail: the CPU's own route has the C++ kernel, ``cholesky`` adds
     ``Cholesky``; both are reported for Ascend."""
@@ -136,6 +138,7 @@ def test_cli_usage_errors_exit_2(args, message):
     assert message in proc.stderr and "usage:" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_passes_for_ascend_and_gpu_on_a_small_net():
     proc = run_cli(
         "--device",

@@ -55,6 +55,7 @@ ZOO_ENTRY_POINTS = {
 # --- --help -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ZOO_ENTRY_POINTS))
 def test_help_exits_0_on_stdout_and_lists_every_field(name):
     result = run_split([*ZOO_ENTRY_POINTS[name], "--help"], timeout=60)
@@ -81,6 +82,7 @@ def test_help_defaults_come_from_the_config_file(capsys):
     assert "(default: 64)" in text and "(default: 200)" not in text
 
 
+@pytest.mark.slow
 def test_parity_launcher_help_and_flags_reach_python_m_parity():
     result = run_split(["bash", str(SCRIPTS / "run_parity.sh"), "--help"], timeout=60)
     assert result.returncode == 0 and result.stderr == ""
@@ -238,6 +240,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, message", CASES, ids=[c for c, _ in CASES])
 def test_user_errors_are_one_error_line_with_status_2(mlp_run, tmp_path, case, message):
     cmd = _user_error_cases(mlp_run, tmp_path)[case]

@@ -79,6 +79,7 @@ def test_cifar10_reads_back_records(cifar10_dir):
         np.testing.assert_allclose(_cifar_pixels(got), expected, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_cifar10_train_split_and_augmentation(cifar10_dir):
     root, train, _ = cifar10_dir
     kwargs = dict(batch_size=16, train=True, shuffle=False, seed=5)

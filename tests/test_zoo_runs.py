@@ -216,6 +216,7 @@ def test_nonfinite_monitor_counts_skips_and_stops_a_diverged_run(losses, skipped
         assert p.diverged is None
 
 
+@pytest.mark.slow
 def test_diverged_run_stops_with_status_1_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "diverged"
     # lr 1e30: the first step blows the weights up, every later step is non-finite and
@@ -241,6 +242,7 @@ def test_diverged_run_stops_with_status_1_and_keeps_the_last_good_checkpoint(tmp
 # --- whole runs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_new_run_leaves_a_folder_holding_a_run_alone(first_run, tmp_path):
     out = _copy(first_run, tmp_path / "run")
     before = _snapshot(out)
@@ -251,6 +253,7 @@ def test_new_run_leaves_a_folder_holding_a_run_alone(first_run, tmp_path):
     assert _snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_resume_reads_the_saved_config_and_flags_override_it(first_run, tmp_path):
     out = _copy(first_run, tmp_path / "run")
     # Neither --config nor the original overrides: they come from the run's config.yaml.
@@ -267,6 +270,7 @@ def test_resume_reads_the_saved_config_and_flags_override_it(first_run, tmp_path
     assert refused.returncode == 2 and "lr: 0.1 -> 0.5" in refused.stdout
 
 
+@pytest.mark.slow
 def test_run_killed_during_compile_keeps_the_earlier_checkpoints(first_run, tmp_path):
     out = _copy(first_run, tmp_path / "run")
     before = _snapshot(out)
@@ -289,6 +293,7 @@ def test_run_killed_during_compile_keeps_the_earlier_checkpoints(first_run, tmp_
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_on_one_folder(tmp_path):
     out = tmp_path / "run"
     owner = start([*TRAIN, *TINY, "--optimizer", "momentum", "--epochs", "1", "--output", str(out)])
