@@ -342,6 +342,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a training run of a minute or more on 2 cores
 def test_main_command_trains_resnet20_tkfac_new_and_says_where_outputs_went(tmp_path):
     out = tmp_path / "main"
     result = run(["bash", str(SCRIPTS / "train_default.sh"), "--output", str(out), *TINY], 240)
@@ -409,6 +410,7 @@ def standalone_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a training run of a minute or more on 2 cores
 def test_standalone_script_writes_checkpoints_metrics_and_plot(standalone_run):
     out = standalone_run
     assert [p.name for p in sorted((out / "checkpoints").glob("*.ckpt"))] == [
@@ -424,6 +426,7 @@ def test_standalone_script_writes_checkpoints_metrics_and_plot(standalone_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a training run of a minute or more on 2 cores
 def test_resume_continues_bit_identically(standalone_run, tmp_path):
     out = tmp_path / "resumed"
     base = [
@@ -457,6 +460,7 @@ def test_resume_continues_bit_identically(standalone_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a training run of a minute or more on 2 cores
 def test_eval_script_reproduces_the_last_epoch_evaluation(standalone_run, tmp_path):
     result_file = tmp_path / "eval.json"
     cmd = [
@@ -481,6 +485,7 @@ def test_eval_script_reproduces_the_last_epoch_evaluation(standalone_run, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a training run of a minute or more on 2 cores
 def test_distribute_script_trains_on_two_msrun_workers(tmp_path):
     out = tmp_path / "dist"
     cmd = [
