@@ -522,7 +522,10 @@ def test_script_prints_usage_on_bad_input():
             timeout=60,
         )
         assert proc.returncode == 2, args
-        assert proc.stderr.startswith("Usage: "), (args, proc.stderr)
+        # the launcher forwards to python -m parity: argparse's usage, then one error: line
+        assert proc.stderr.lower().startswith("usage: "), (args, proc.stderr)
+        assert "error: " in proc.stderr.splitlines()[-1], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
 def test_script_has_one_launch_line():
