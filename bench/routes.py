@@ -61,11 +61,19 @@ def resnet20(batch: int, steps: int) -> dict:
         ms.set_seed(0)
         res = measure(lambda: create_model("resnet20", 10), x, y, steps=steps, **kwargs)
         ratios = {k: v / res["momentum_s"] for k, v in res["median_s"].items()}
-        out[route] = {"median_s": res["median_s"], "momentum_s": res["momentum_s"],
-                      "x_momentum": ratios, "compile_s": res["compile_s"]}
-        print(f"resnet20 {route}: momentum {res['momentum_s'] * 1e3:.0f} ms; "
-              + ", ".join(f"{k} {v * 1e3:.0f} ms ({ratios[k]:.2f}x)"
-                          for k, v in res["median_s"].items()), flush=True)
+        out[route] = {
+            "median_s": res["median_s"],
+            "momentum_s": res["momentum_s"],
+            "x_momentum": ratios,
+            "compile_s": res["compile_s"],
+        }
+        print(
+            f"resnet20 {route}: momentum {res['momentum_s'] * 1e3:.0f} ms; "
+            + ", ".join(
+                f"{k} {v * 1e3:.0f} ms ({ratios[k]:.2f}x)" for k, v in res["median_s"].items()
+            ),
+            flush=True,
+        )
     return out
 
 
@@ -78,8 +86,15 @@ def vgg_inverse_step(batch: int, steps: int) -> dict:
         kwargs = _on_route(route)
         ms.set_seed(0)
         net = create_model("vgg16_bn", 10)
-        opt = tkfac_ms.TKFAC(net, 1e-6, approximation="tkfac_new", fisher="empirical",
-                             factor_update_steps=1000, inv_update_steps=1, **kwargs)
+        opt = tkfac_ms.TKFAC(
+            net,
+            1e-6,
+            approximation="tkfac_new",
+            fisher="empirical",
+            factor_update_steps=1000,
+            inv_update_steps=1,
+            **kwargs,
+        )
         cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
         t0 = time.perf_counter()
         cell(x, y).asnumpy()
@@ -90,18 +105,26 @@ def vgg_inverse_step(batch: int, steps: int) -> dict:
             cell(x, y).asnumpy()
             times.append(time.perf_counter() - t0)
         rejected = int(opt.rejected_curvature_updates.asnumpy())
-        out[route] = {"inverse_step_s": statistics.median(times), "samples": times,
-                      "compile_s": compile_s, "rejected": rejected}
-        print(f"vgg16_bn {route}: inverse step {statistics.median(times):.2f} s "
-              f"(samples {[round(t, 2) for t in times]}, compile {compile_s:.0f} s, "
-              f"rejected {rejected})", flush=True)
+        out[route] = {
+            "inverse_step_s": statistics.median(times),
+            "samples": times,
+            "compile_s": compile_s,
+            "rejected": rejected,
+        }
+        print(
+            f"vgg16_bn {route}: inverse step {statistics.median(times):.2f} s "
+            f"(samples {[round(t, 2) for t in times]}, compile {compile_s:.0f} s, "
+            f"rejected {rejected})",
+            flush=True,
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--parts", nargs="+", default=["resnet20", "vgg16_bn"],
-                   choices=["resnet20", "vgg16_bn"])
+    p.add_argument(
+        "--parts", nargs="+", default=["resnet20", "vgg16_bn"], choices=["resnet20", "vgg16_bn"]
+    )
     p.add_argument("--steps", type=int, default=24, help="ResNet-20 TKFAC steps timed")
     p.add_argument("--vgg-steps", type=int, default=3, help="VGG16-BN inverse steps timed")
     p.add_argument("--json", default=None)
