@@ -55,6 +55,7 @@ def test_wheel_ships_the_two_libraries_with_py_typed(wheel):
         assert f"{pkg}/py.typed" in names
         assert f"{pkg}/__init__.py" in names
     assert "tkfac_ms/csrc/conv_phi.cc" in names  # the C++ kernel, compiled on first use
+    assert "tkfac_ms/op_support/mindspore-2.10.0.json" in names  # the audit's support table
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
