@@ -532,7 +532,7 @@ def test_script_has_one_launch_line():
     lines = (ROOT / "scripts/run_parity.sh").read_text().splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
     assert "set -euo pipefail" in lines
-    assert sum("-m parity" in line and not line.startswith("#") for line in lines) == 1
+    assert sum('bin/python" -m parity' in line and not line.startswith("#") for line in lines) == 1
 
 
 def test_cli_rejects_bad_arguments(capsys):
