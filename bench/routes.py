@@ -51,10 +51,16 @@ def _on_route(route: str):
     return ROUTES[route][1]
 
 
-def resnet20(batch: int, steps: int) -> dict:
+def _batch(batch: int) -> tuple[Tensor, Tensor]:
+    """A fixed random batch of 32x32 images with 10 classes."""
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
     y = Tensor(rng.integers(0, 10, batch).astype(np.int32))
+    return x, y
+
+
+def resnet20(batch: int, steps: int) -> dict:
+    x, y = _batch(batch)
     out = {}
     for route in ROUTES:
         kwargs = _on_route(route)
@@ -78,9 +84,7 @@ def resnet20(batch: int, steps: int) -> dict:
 
 
 def vgg_inverse_step(batch: int, steps: int) -> dict:
-    rng = np.random.default_rng(0)
-    x = Tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
-    y = Tensor(rng.integers(0, 10, batch).astype(np.int32))
+    x, y = _batch(batch)
     out = {}
     for route in ROUTES:
         kwargs = _on_route(route)
