@@ -12,24 +12,48 @@ CPU convolutions run ~60x slower on AVX-512 code paths (measured with MindSpore 
 variable when the first kernel is created, so it also works when MindSpore was imported first.
 It only concerns oneDNN CPU kernels; GPU and Ascend are unaffected. Set the variable yourself to
 choose otherwise. See docs/performance.md.
+
+Importing the package does not load MindSpore: the names that need it (``TKFAC``, the wrappers,
+the statistics, the callbacks) are imported on first use (PEP 562 ``__getattr__``). The config
+module, :mod:`tkfac_ms.config`, is framework-free and shared with ``reference_torch``, so the
+torch twin runs without MindSpore being loaded.
 """
 
 import os as _os
+from importlib import import_module as _import_module
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
-_os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+_os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before anything loads MindSpore
 
-from tkfac_ms._math import kfac_stats, tkfac_stats
-from tkfac_ms.callbacks import DampingDiagnostics, damping_ratios
-from tkfac_ms.capture import TKFACConv2d, TKFACDense, TKFACLayer, find_wrappers, wrap_network
 from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfig
-from tkfac_ms.optimizer import TKFAC
-from tkfac_ms.train_cell import TKFACTrainOneStepCell
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
+    from tkfac_ms._math import kfac_stats, tkfac_stats
+    from tkfac_ms.callbacks import DampingDiagnostics, damping_ratios
+    from tkfac_ms.capture import TKFACConv2d, TKFACDense, TKFACLayer, find_wrappers, wrap_network
+    from tkfac_ms.optimizer import TKFAC
+    from tkfac_ms.train_cell import TKFACTrainOneStepCell
 
 try:  # the installed distribution's version (pyproject.toml's); a bare checkout has none
     __version__: str = _metadata.version("tkfac-ms")
 except _metadata.PackageNotFoundError:
     __version__ = "0+unknown"
+
+#: The public names that need MindSpore, and the submodule each one is imported from.
+_LAZY = {
+    "TKFAC": "tkfac_ms.optimizer",
+    "TKFACTrainOneStepCell": "tkfac_ms.train_cell",
+    "wrap_network": "tkfac_ms.capture",
+    "find_wrappers": "tkfac_ms.capture",
+    "TKFACLayer": "tkfac_ms.capture",
+    "TKFACDense": "tkfac_ms.capture",
+    "TKFACConv2d": "tkfac_ms.capture",
+    "tkfac_stats": "tkfac_ms._math",
+    "kfac_stats": "tkfac_ms._math",
+    "DampingDiagnostics": "tkfac_ms.callbacks",
+    "damping_ratios": "tkfac_ms.callbacks",
+}
 
 __all__ = [
     "__version__",
@@ -49,3 +73,18 @@ __all__ = [
     "DampingDiagnostics",
     "damping_ratios",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import a MindSpore-backed public name on first access (PEP 562), then cache it."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included (PEP 562)."""
+    return sorted(set(globals()) | set(__all__))
