@@ -36,6 +36,8 @@ from reference_torch.config import (
     LossReduction,
     Schedule,
     TKFACConfig,
+    check_decay_filter,
+    check_skip,
 )
 
 __all__ = ["TKFAC", "LayerState", "default_decay_filter"]
@@ -159,8 +161,9 @@ class TKFAC(torch.optim.Optimizer):
         inv_update_steps: ``T_INV >= 1``.
         fisher: ``"true"`` or ``"empirical"`` (spec Sec. 1).
         kl_clip: ``kappa > 0`` of KL clipping (spec Sec. 5), or None (off).
-        skip_layers: ``fnmatch`` patterns of layer names left to plain momentum. Listing an
-            unsupported layer here silences its warning.
+        skip: ``fnmatch`` pattern(s) of layer names left to plain momentum; a single string is
+            one pattern. Listing an unsupported layer here silences its warning; a pattern that
+            matches no layer gets a warning.
         loss_reduction: ``"mean"`` or ``"sum"``: how the training loss reduces over the batch
             (the per-sample scale of ``u`` for the empirical Fisher).
         decay_filter: ``(name, param) -> bool``, the parameters that get weight decay;
@@ -186,7 +189,7 @@ class TKFAC(torch.optim.Optimizer):
         inv_update_steps: int = 100,
         fisher: FisherType | str = "true",
         kl_clip: float | None = None,
-        skip_layers: Iterable[str] = (),
+        skip: str | Iterable[str] = (),
         loss_reduction: LossReduction | str = "mean",
         decay_filter: DecayFilter | None = None,
         factor_dtype: torch.dtype | None = None,
@@ -207,12 +210,8 @@ class TKFAC(torch.optim.Optimizer):
             kl_clip=kl_clip,
             loss_reduction=loss_reduction,
         )
-        patterns = _check_skip_layers(skip_layers)
-        if decay_filter is not None and not callable(decay_filter):
-            raise ValueError(
-                f"decay_filter must be a callable (name, param) -> bool or None, "
-                f"got {decay_filter!r}"
-            )
+        patterns = check_skip(skip)
+        check_decay_filter(decay_filter)
         if factor_dtype not in (None, torch.float32, torch.float64):
             raise ValueError(
                 f"factor_dtype must be None, torch.float32 or torch.float64, got {factor_dtype!r}"
@@ -509,26 +508,39 @@ class TKFAC(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """``torch.optim`` state (momentum buffers) plus ``"tkfac"``: step, beta, layer states."""
+        """``torch.optim`` state (momentum buffers) plus ``"tkfac"``.
+
+        ``"tkfac"`` holds the approximation and Fisher type the state belongs to, the step,
+        beta and every layer's :class:`LayerState`.
+        """
         sd = super().state_dict()
         layers = {
             name: {f.name: _clone(getattr(layer.state, f.name)) for f in fields(LayerState)}
             for name, layer in self._layers.items()
         }
-        sd["tkfac"] = {"step": self._t, "beta": self.beta.clone(), "layers": layers}
+        sd["tkfac"] = {
+            "approximation": self.config.approximation.value,
+            "fisher": self.config.fisher.value,
+            "step": self._t,
+            "beta": self.beta.clone(),
+            "layers": layers,
+        }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the next :meth:`step` continues bit-identically."""
+        """Restore a :meth:`state_dict`; the next :meth:`step` continues bit-identically.
+
+        Everything is checked before anything is written: the approximation and Fisher type,
+        the layer names and every factor's shape.
+
+        Raises:
+            ValueError: naming what does not match.
+        """
         state_dict = dict(state_dict)
         if "tkfac" not in state_dict:
             raise ValueError("state_dict has no 'tkfac' entry: it was not saved by TKFAC")
         tk = state_dict.pop("tkfac")
-        if set(tk["layers"]) != set(self._layers):
-            raise ValueError(
-                f"state_dict layers {sorted(tk['layers'])} do not match this "
-                f"optimizer's layers {sorted(self._layers)}"
-            )
+        self._check_saved(tk)
         super().load_state_dict(state_dict)
         self._t = int(tk["step"])
         self.beta = tk["beta"].clone()
@@ -536,54 +548,86 @@ class TKFAC(torch.optim.Optimizer):
             self._layers[name].state = LayerState(**{k: _clone(v) for k, v in saved.items()})
         self._arm_captures()
 
+    def _check_saved(self, tk: dict[str, Any]) -> None:
+        problems = []
+        for key in ("approximation", "fisher"):
+            ours = getattr(self.config, key).value
+            if key not in tk:
+                problems.append(f"it records no {key}")
+            elif tk[key] != ours:
+                problems.append(f"{key} {tk[key]!r} in the state_dict, {ours!r} here")
+        if set(tk["layers"]) != set(self._layers):
+            problems.append(
+                f"its layers {sorted(tk['layers'])} are not this optimizer's {sorted(self._layers)}"
+            )
+        else:
+            for name, saved in tk["layers"].items():
+                d_out, d_in = _factor_dims(self._layers[name])
+                want = {"a": (d_in, d_in), "g": (d_out, d_out)}
+                for field, value in saved.items():
+                    side = _FACTOR_SIDE.get(field)
+                    if value is None or side is None:
+                        continue
+                    if tuple(value.shape) != want[side]:
+                        problems.append(
+                            f"{name}.{field} has shape {tuple(value.shape)}, expected {want[side]}"
+                        )
+        if problems:
+            raise ValueError(
+                f"state_dict does not fit this TKFAC optimizer: {'; '.join(problems[:6])}. "
+                "Nothing was loaded."
+            )
+
+
+#: Which factor side (input ``a``, output ``g``) each d x d field of :class:`LayerState` is on.
+_FACTOR_SIDE = {"phi": "a", "psi": "g"} | {
+    f"{side}_{kind}": side for side in "ag" for kind in ("batch", "factor", "inv")
+}
+
+
+def _factor_dims(layer: _Layer) -> tuple[int, int]:
+    """``(d_out, d_in)`` of a layer's factors (``d_in`` counts the bias column)."""
+    w = layer.weight
+    d_in = int(w[0].numel()) + int(layer.bias is not None)
+    return int(w.shape[0]), d_in
+
 
 def _clone(x: Tensor | None) -> Tensor | None:
     return None if x is None else x.detach().clone()
 
 
-def _check_skip_layers(skip_layers: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(skip_layers, str):
-        raise ValueError(
-            f"skip_layers must be an iterable of name patterns, not a string; "
-            f"did you mean ({skip_layers!r},)?"
-        )
-    try:
-        patterns = tuple(skip_layers)
-    except TypeError:
-        raise ValueError(
-            f"skip_layers must be an iterable of strings, got {skip_layers!r}"
-        ) from None
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise ValueError(f"skip_layers must contain strings, got {pattern!r}")
-    return patterns
+def _is_weight_layer(module: nn.Module) -> bool:
+    """A layer TKFAC could be expected to precondition: it owns a trainable >= 2-D weight."""
+    if isinstance(module, _NORM_TYPES):
+        return False
+    return any(p.requires_grad and p.ndim >= 2 for p in module.parameters(recurse=False))
 
 
 def _find_layers(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, _Layer]:
     """Attach a :class:`LayerCapture` to every Linear/Conv2d that TKFAC preconditions.
 
-    Left to plain momentum: layers matched by ``patterns``; unsupported layers (warned, unless
-    matched); layers with a frozen weight or bias (warned if the other parameter trains).
+    Left to plain momentum: layers matched by ``patterns``; every other layer with a trainable
+    >= 2-D weight that is not a supported Linear/Conv2d, and Linear/Conv2d layers with a frozen
+    weight or bias: all named in **one** warning (a layer with every parameter frozen is left
+    alone silently). A pattern that matches no layer warns; no layer to precondition raises.
     """
     layers: dict[str, _Layer] = {}
-    used = set()
+    used, left_out = set(), []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear | nn.Conv2d):
+        supported_kind = isinstance(module, nn.Linear | nn.Conv2d)
+        if not name or not (supported_kind or _is_weight_layer(module)):
             continue
         trainable = [p.requires_grad for p in module.parameters(recurse=False)]
         matched = [pat for pat in patterns if fnmatch.fnmatchcase(name, pat)]
         used.update(matched)
         if matched or not any(trainable):
             continue
-        reason = unsupported_reason(module)
+        reason = unsupported_reason(module) if supported_kind else "not supported"
         if reason is None and not all(trainable):
-            reason = "some of its parameters are frozen (requires_grad=False)"
+            frozen = [n for n, p in module.named_parameters(recurse=False) if not p.requires_grad]
+            reason = f"frozen {' and '.join(frozen)} (requires_grad=False)"
         if reason is not None:
-            warnings.warn(
-                f"TKFAC: layer {name!r} ({type(module).__name__}) is not "
-                f"preconditioned, it gets plain momentum: {reason}",
-                stacklevel=3,
-            )
+            left_out.append(f"{name!r} ({type(module).__name__}: {reason})")
             continue
         layers[name] = _Layer(
             name=name,
@@ -592,9 +636,20 @@ def _find_layers(model: nn.Module, patterns: tuple[str, ...]) -> dict[str, _Laye
             is_conv=isinstance(module, nn.Conv2d),
             state=LayerState(),
         )
-    for pattern in set(patterns) - used:
+    if left_out:
         warnings.warn(
-            f"TKFAC: skip_layers pattern {pattern!r} matches no Linear or Conv2d layer",
+            f"TKFAC: {len(left_out)} trainable layer(s) are not preconditioned and get the "
+            f"plain momentum update: {'; '.join(left_out)}. Supported: nn.Linear, nn.Conv2d "
+            "with groups=1 and zero padding; list a layer in skip=... to silence this.",
             stacklevel=3,
+        )
+    for pattern in patterns:
+        if pattern not in used:
+            warnings.warn(f"TKFAC: skip pattern {pattern!r} matches no layer", stacklevel=3)
+    if not layers:
+        raise ValueError(
+            "TKFAC: the model has no layer to precondition (supported: nn.Linear, nn.Conv2d "
+            "with groups=1 and zero padding, with a trainable weight and bias, not matched by "
+            "skip); use a first-order optimizer such as torch.optim.SGD"
         )
     return layers

@@ -353,7 +353,7 @@ def test_other_parameters_get_plain_momentum() -> None:
     ).to(DTYPE)
     lr, wd, tau = 0.1, 0.01, 0.9
     opt = reference_torch.TKFAC(
-        model, lr=lr, weight_decay=wd, momentum=tau, fisher="empirical", skip_layers=("6",)
+        model, lr=lr, weight_decay=wd, momentum=tau, fisher="empirical", skip=("6",)
     )
     assert opt.layer_names == ("0", "4")
     plain = {"1.weight": 0.0, "1.bias": 0.0, "6.weight": wd, "6.bias": 0.0}  # name -> decay
@@ -424,5 +424,5 @@ def test_state_dict_round_trip_resumes_bit_identically(approximation: str) -> No
 def test_load_state_dict_rejects_other_layers() -> None:
     opt = reference_torch.TKFAC(SmallCNN(), lr=0.1)
     other = reference_torch.TKFAC(make_mlp(), lr=0.1)
-    with pytest.raises(ValueError, match="do not match this optimizer's layers"):
+    with pytest.raises(ValueError, match=r"its layers \['0', '4'\] are not this optimizer's \['0', '2'\]"):
         other.load_state_dict(opt.state_dict())

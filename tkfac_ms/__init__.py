@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from tkfac_ms._math import kfac_stats, tkfac_stats
     from tkfac_ms.callbacks import DampingDiagnostics, damping_ratios
     from tkfac_ms.capture import TKFACConv2d, TKFACDense, TKFACLayer, find_wrappers, wrap_network
+    from tkfac_ms.checkpoint import check_checkpoint, load_checkpoint
     from tkfac_ms.optimizer import TKFAC
     from tkfac_ms.train_cell import TKFACTrainOneStepCell
 
@@ -44,6 +45,8 @@ except _metadata.PackageNotFoundError:
 _LAZY = {
     "TKFAC": "tkfac_ms.optimizer",
     "TKFACTrainOneStepCell": "tkfac_ms.train_cell",
+    "load_checkpoint": "tkfac_ms.checkpoint",
+    "check_checkpoint": "tkfac_ms.checkpoint",
     "wrap_network": "tkfac_ms.capture",
     "find_wrappers": "tkfac_ms.capture",
     "TKFACLayer": "tkfac_ms.capture",
@@ -59,6 +62,8 @@ __all__ = [
     "__version__",
     "TKFAC",
     "TKFACTrainOneStepCell",
+    "load_checkpoint",
+    "check_checkpoint",
     "wrap_network",
     "find_wrappers",
     "tkfac_stats",

@@ -33,8 +33,11 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from tkfac_ms import _cpu_kernels, _math
+from tkfac_ms.config import check_skip
 
-__all__ = ["TKFACLayer", "TKFACDense", "TKFACConv2d", "wrap_network", "find_wrappers"]
+__all__ = ["TKFACLayer", "TKFACDense", "TKFACConv2d", "wrap_network", "find_wrappers", "unwrap"]
+
+_NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -414,6 +417,25 @@ def _unsupported_reason(cell: nn.Cell) -> str | None:
     return "not a Dense or Conv2d layer"
 
 
+def _own_params(cell: nn.Cell) -> list[Parameter]:
+    return list(cell.get_parameters(expand=False))
+
+
+def _frozen_reason(cell: nn.Cell) -> str | None:
+    """Why a Dense/Conv2d whose weight or bias is frozen (``requires_grad=False``) is left alone."""
+    frozen = [p.name.rsplit(".", 1)[-1] for p in _own_params(cell) if not p.requires_grad]
+    if not frozen:
+        return None
+    return f"frozen {' and '.join(frozen)} (requires_grad=False)"
+
+
+def _is_weight_layer(cell: nn.Cell) -> bool:
+    """A layer TKFAC could be expected to precondition: it owns a trainable >= 2-D weight."""
+    if isinstance(cell, (TKFACLayer, *_NORM_CELLS)):
+        return False
+    return any(p.requires_grad and len(p.shape) >= 2 for p in _own_params(cell))
+
+
 def _wrap(cell: nn.Cell, path: str) -> TKFACLayer:
     if isinstance(cell, nn.Conv2d):
         return TKFACConv2d(cell, path)
@@ -432,42 +454,82 @@ def _replace_child(parent: nn.Cell, key: str, new: nn.Cell) -> None:
         parent.cell_list = list(parent._cells.values())
 
 
-def wrap_network(net: nn.Cell, skip: Iterable[str] = ()) -> list[TKFACLayer]:
+def unwrap(net: nn.Cell, wrapper: TKFACLayer) -> nn.Cell:
+    """Put the user's layer back in place of ``wrapper`` (parameter names unchanged)."""
+    parent_path, _, key = wrapper.path.rpartition(".")
+    parent = net if not parent_path else _get_cell(net, parent_path)
+    if parent._cells.get(key) is not wrapper:
+        raise ValueError(f"{wrapper.path!r} is not a wrapper of this network")
+    names = {id(p): p.name for p in wrapper.layer.get_parameters()}
+    _replace_child(parent, key, wrapper.layer)
+    for p in wrapper.layer.get_parameters():
+        p.name = names[id(p)]
+    return wrapper.layer
+
+
+def warn_not_preconditioned(layers: Sequence[tuple[str, str]], stacklevel: int = 3) -> None:
+    """One warning naming every trainable layer that gets the plain momentum update."""
+    if not layers:
+        return
+    shown = "; ".join(f"'{path}' ({why})" for path, why in layers)
+    warnings.warn(
+        f"TKFAC: {len(layers)} trainable layer(s) are not preconditioned and get the plain "
+        f"momentum update: {shown}. Supported: nn.Dense without activation, nn.Conv2d with "
+        "group=1 and NCHW data; list a layer in skip=... to silence this.",
+        stacklevel=stacklevel,
+    )
+
+
+def wrap_network(net: nn.Cell, skip: str | Iterable[str] = ()) -> list[TKFACLayer]:
     """Wrap every supported ``nn.Dense`` and ``nn.Conv2d`` of ``net`` in place.
 
     Args:
         net: the user's network. Its layers are kept (wrapped, not re-implemented) and their
             parameter names are unchanged, so existing checkpoints still load.
-        skip: ``fnmatch`` patterns of layer paths (as in ``net.cells_and_names()``) to leave
-            unwrapped; those layers get the plain momentum update.
+        skip: one ``fnmatch`` pattern, or several, of layer paths (as in
+            ``net.cells_and_names()``) to leave unwrapped; those layers get the plain momentum
+            update. A pattern that matches no layer gets a warning.
 
     Returns:
         The wrappers, in network order (already-wrapped layers included, so calling this twice
         is harmless).
 
-    An unsupported layer (grouped convolution, a Dense with a built-in activation, ...) is left
-    unwrapped, gets plain momentum, and a warning names it.
+    Left unwrapped, with the plain momentum update and **one** warning naming them all: every
+    other layer with a trainable weight of two or more dimensions (``nn.Conv1d``, ``nn.Conv3d``,
+    ``nn.Conv2dTranspose``, ``mint.nn.Linear``, ``nn.Embedding``, a grouped convolution, a Dense
+    with a built-in activation, ...), and a Dense or Conv2d whose weight or bias is frozen
+    (``requires_grad=False``; a layer with every parameter frozen is left alone silently).
     """
-    skip = tuple(skip)
-    if isinstance(skip, str):
-        raise ValueError("skip must be a sequence of name patterns, not a single string")
-    targets = []
+    patterns = check_skip(skip)
+    used: set[str] = set()
+    targets, left_out = [], []
     for path, cell in net.cells_and_names():
-        if not path or isinstance(cell, TKFACLayer) or not isinstance(cell, (nn.Dense, nn.Conv2d)):
+        if not path or isinstance(cell, TKFACLayer):
             continue
         if any(isinstance(c, TKFACLayer) for c in _parents(net, path)):
             continue  # the user's layer inside an existing wrapper
-        if any(fnmatch.fnmatchcase(path, pat) for pat in skip):
+        supported_kind = isinstance(cell, (nn.Dense, nn.Conv2d))
+        if not supported_kind and not _is_weight_layer(cell):
             continue
-        reason = _unsupported_reason(cell)
+        matched = [pat for pat in patterns if fnmatch.fnmatchcase(path, pat)]
+        used.update(matched)
+        if matched:
+            continue
+        if supported_kind and not any(p.requires_grad for p in _own_params(cell)):
+            continue  # nothing of it trains
+        reason = _unsupported_reason(cell) if supported_kind else "not supported"
+        if reason is None:
+            reason = _frozen_reason(cell)
         if reason is not None:
-            warnings.warn(
-                f"TKFAC: layer '{path}' is not supported ({reason}); it is left "
-                "unwrapped and gets the plain momentum update",
-                stacklevel=2,
-            )
+            left_out.append((path, f"{type(cell).__name__}: {reason}"))
             continue
         targets.append((path, cell))
+    warn_not_preconditioned(left_out)
+    for pattern in patterns:
+        if pattern not in used and not any(
+            fnmatch.fnmatchcase(w.path, pattern) for w in find_wrappers(net)
+        ):
+            warnings.warn(f"TKFAC: skip pattern {pattern!r} matches no layer", stacklevel=2)
     for path, cell in targets:
         names = {id(p): p.name for p in cell.get_parameters()}
         parent_path, _, key = path.rpartition(".")

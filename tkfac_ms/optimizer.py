@@ -26,10 +26,17 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from tkfac_ms import _device, _math
-from tkfac_ms.capture import wrap_network
-from tkfac_ms.config import Approximation, FisherType, LossReduction, TKFACConfig
+from tkfac_ms.capture import unwrap, warn_not_preconditioned, wrap_network
+from tkfac_ms.config import (
+    Approximation,
+    FisherType,
+    LossReduction,
+    TKFACConfig,
+    check_decay_filter,
+    check_learning_rate,
+)
 
-__all__ = ["TKFAC", "default_decay_filter", "INVERSE_ROUTES"]
+__all__ = ["TKFAC", "default_decay_filter", "INVERSE_ROUTES", "CHECKPOINT_CODES"]
 
 #: ``inverse=`` choices: ``"lu"`` (portable, guarded) and ``"cholesky"`` (CPU/GPU, unguarded).
 INVERSE_ROUTES = ("lu", "cholesky")
@@ -64,15 +71,23 @@ def _every(step, n: int):
     return ops.equal(ops.floor_mod(step, n_t), ops.zeros_like(n_t))
 
 
-def default_decay_filter(net: nn.Cell) -> Callable[[Parameter], bool]:
-    """Weight decay for every parameter except normalization layers' ones and biases (1-D)."""
+#: How a checkpoint records the configuration that its TKFAC state belongs to: the int32
+#: Parameters ``tkfac.approximation`` and ``tkfac.fisher`` hold these codes.
+CHECKPOINT_CODES = {
+    "approximation": {a.value: i for i, a in enumerate(Approximation)},
+    "fisher": {f.value: i for i, f in enumerate(FisherType)},
+}
+
+
+def default_decay_filter(net: nn.Cell) -> Callable[[str, Parameter], bool]:
+    """``(name, p) -> bool``: decay every parameter except biases and normalization layers'."""
     norm_ids = {
         id(p)
         for _, c in net.cells_and_names()
         if isinstance(c, _NORM_CELLS)
         for p in c.get_parameters()
     }
-    return lambda p: id(p) not in norm_ids and len(p.shape) > 1
+    return lambda name, p: id(p) not in norm_ids and len(p.shape) > 1
 
 
 class TKFAC(nn.Optimizer):
@@ -97,8 +112,10 @@ class TKFAC(nn.Optimizer):
         kl_clip: optional ``kappa > 0`` of KL clipping (spec Sec. 5); None disables it.
         loss_reduction: ``"mean"`` or ``"sum"``: how the training loss reduces over the batch
             (sets the per-sample scale of ``u`` for the empirical Fisher).
-        skip: name patterns of layers to leave unwrapped (used when wrapping here).
-        decay_filter: ``Parameter -> bool``, which parameters get weight decay.
+        skip: ``fnmatch`` pattern(s) of layer paths to leave unwrapped (used when wrapping
+            here); a single string is one pattern.
+        decay_filter: ``(name, param) -> bool``, which parameters get weight decay (as in the
+            reference).
         factor_dtype: dtype of the factor state (default float32; float64 on Dense-only nets).
         inverse: ``"lu"`` (default: ``MatrixInverse``, kernels on Ascend, GPU and CPU, guarded
             in the graph) or ``"cholesky"`` (CPU and GPU only, faster on the CPU, but a factor
@@ -120,8 +137,8 @@ class TKFAC(nn.Optimizer):
         fisher: FisherType | str = "true",
         kl_clip: float | None = None,
         loss_reduction: LossReduction | str = "mean",
-        skip: Iterable[str] = (),
-        decay_filter: Callable[[Parameter], bool] | None = None,
+        skip: str | Iterable[str] = (),
+        decay_filter: Callable[[str, Parameter], bool] | None = None,
         factor_dtype: mstype.Type = mstype.float32,
         inverse: str = "lu",
     ):
@@ -151,7 +168,25 @@ class TKFAC(nn.Optimizer):
             kl_clip=kl_clip,
             loss_reduction=loss_reduction,
         )
-        layers = [w for w in wrap_network(net, skip) if w.weight.requires_grad]
+        check_learning_rate(learning_rate)
+        check_decay_filter(decay_filter)
+        layers, frozen = [], []
+        for w in wrap_network(net, skip):
+            params = w.layer.get_parameters()
+            reason = [p.name.rsplit(".", 1)[-1] for p in params if not p.requires_grad]
+            if not reason:
+                layers.append(w)
+                continue
+            unwrap(net, w)  # wrapped earlier, frozen since: the user's layer goes back in place
+            if len(reason) < 1 + int(w.has_bias):
+                frozen.append((w.path, f"frozen {' and '.join(reason)} (requires_grad=False)"))
+        warn_not_preconditioned(frozen)
+        if not layers:
+            raise ValueError(
+                "TKFAC: the network has no layer to precondition (supported: nn.Dense without "
+                "activation, nn.Conv2d with group=1 and NCHW data, with a trainable weight and "
+                "bias, not matched by skip); use a first-order optimizer such as nn.Momentum"
+            )
         is_kfac = cfg.approximation == Approximation.KFAC
         for w in layers:
             if w.factor_dtype != factor_dtype:
@@ -199,7 +234,8 @@ class TKFAC(nn.Optimizer):
         self.last_damping_index = len(damp) - 1
         selects = decay_filter if decay_filter is not None else default_decay_filter(net)
         self.decay_values = tuple(
-            cfg.weight_decay if (cfg.weight_decay and selects(p)) else 0.0 for p in self._parameters
+            cfg.weight_decay if (cfg.weight_decay and selects(p.name, p)) else 0.0
+            for p in self._parameters
         )
 
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
@@ -215,6 +251,16 @@ class TKFAC(nn.Optimizer):
         self.rejected_curvature_updates = Parameter(
             Tensor(0, mstype.int32), name="tkfac.rejected_curvature_updates", requires_grad=False
         )
+        # what the state belongs to, recorded in every checkpoint (see check_checkpoint)
+        codes = self.checkpoint_codes()
+        self.approximation_code = Parameter(
+            Tensor(codes["approximation"], mstype.int32),
+            name="tkfac.approximation",
+            requires_grad=False,
+        )
+        self.fisher_code = Parameter(
+            Tensor(codes["fisher"], mstype.int32), name="tkfac.fisher", requires_grad=False
+        )
         self.delta_state = ParameterTuple([w.delta for w in layers])
         self.a_factor = ParameterTuple([w.a_factor for w in layers])
         self.g_factor = ParameterTuple([w.g_factor for w in layers])
@@ -224,6 +270,66 @@ class TKFAC(nn.Optimizer):
         for w in layers:
             probes += [w.delta, w.a_factor, w.g_factor]
         self.probes = ParameterTuple(probes)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_codes(self) -> dict[str, int]:
+        """The int32 codes of this optimizer's approximation and Fisher type."""
+        return {
+            "approximation": CHECKPOINT_CODES["approximation"][self.config.approximation.value],
+            "fisher": CHECKPOINT_CODES["fisher"][self.config.fisher.value],
+        }
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every TKFAC state Parameter (per layer: delta, factors, inverses)."""
+        out = {}
+        for w in self.layers:
+            for p in (w.delta, w.a_factor, w.g_factor, w.a_inv, w.g_inv):
+                out[p.name] = tuple(p.shape)
+        return out
+
+    def check_checkpoint(self, params, source: str = "checkpoint") -> None:
+        """Raise ``ValueError`` unless ``params`` hold TKFAC state that fits this optimizer.
+
+        ``params`` is the ``{name: Parameter}`` of ``mindspore.load_checkpoint``. Checked, before
+        anything is written: the recorded approximation and Fisher type (``tkfac.approximation``,
+        ``tkfac.fisher``) equal this optimizer's, and every preconditioned layer's state is
+        there with this optimizer's shapes (so the layer names and factor shapes match). Call it
+        before ``mindspore.load_param_into_net``; :func:`tkfac_ms.load_checkpoint` does.
+        """
+        problems = []
+        names = {key: {v: k for k, v in table.items()} for key, table in CHECKPOINT_CODES.items()}
+        for key, code in self.checkpoint_codes().items():
+            pname = f"tkfac.{key}"
+            if pname not in params:
+                problems.append(f"it records no {key} ({pname} missing: not a TKFAC checkpoint)")
+                continue
+            got = int(np.asarray(params[pname].asnumpy()).reshape(-1)[0])
+            if got != code:
+                problems.append(
+                    f"{key} {names[key].get(got, got)!r} in the checkpoint, "
+                    f"{names[key][code]!r} here"
+                )
+        missing, wrong = [], []
+        for name, shape in self.state_shapes().items():
+            if name not in params:
+                missing.append(name)
+            elif tuple(params[name].shape) != shape:
+                wrong.append(f"{name} {tuple(params[name].shape)} != {shape}")
+        ours = set(self.state_shapes())
+        extra = sorted(
+            n for n in params if ".tkfac." in n and n not in ours and not n.startswith("moments.")
+        )
+        if missing:
+            problems.append(f"{len(missing)} layer state(s) missing: {', '.join(missing[:4])}")
+        if wrong:
+            problems.append(f"{len(wrong)} factor shape(s) differ: {'; '.join(wrong[:4])}")
+        if extra:
+            problems.append(f"state of layers not preconditioned here: {', '.join(extra[:4])}")
+        if problems:
+            raise ValueError(
+                f"{source} does not fit this TKFAC optimizer: {'; '.join(problems)}. "
+                "Nothing was loaded."
+            )
 
     # ------------------------------------------------------------------ schedules
     @property
@@ -422,10 +528,17 @@ class TKFAC(nn.Optimizer):
         )
 
     def construct(self, gradients):
-        """Spec Sec. 5 steps 2-6 with this step's gradients (in ``self.parameters`` order)."""
-        if self.is_inverse_step():
-            self.inverse_update()
-        return self.apply_step(gradients, ops.ones((), mstype.bool_))
+        """Not a step: TKFAC needs the statistics that only its train cell captures.
+
+        ``nn.TrainOneStepCell(net, TKFAC)`` or ``Model(net, loss, optimizer=TKFAC)`` would call
+        this with gradients alone, and training would go on without any curvature: it raises.
+        """
+        raise RuntimeError(
+            "TKFAC must be driven by tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, loss), "
+            "optimizer), which captures the layer statistics; nn.TrainOneStepCell and "
+            "Model(..., optimizer=TKFAC) give it gradients only. Use "
+            "Model(TKFACTrainOneStepCell(...)) instead."
+        )
 
     def apply_step(self, gradients, apply):
         """Spec Sec. 5 steps 3-6 (inverses already updated) if the scalar bool ``apply`` is true.

@@ -23,6 +23,7 @@ to ``tkfac.nonfinite_steps``.
 
 from __future__ import annotations
 
+import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 from mindspore.communication.management import GlobalComm, get_group_size
@@ -138,6 +139,20 @@ def _read_each(params):
     return tuple(p.reshape(-1)[0] for p in params)
 
 
+def _check_same_network(network: nn.Cell, optimizer: TKFAC) -> None:
+    """Raise unless ``optimizer`` was built on (the backbone of) ``network``."""
+    held = {id(p) for p in network.get_parameters()}
+    foreign = [p.name for p in optimizer.parameters if id(p) not in held]
+    foreign += [w.path for w in optimizer.layers if id(w.a_factor) not in held]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (" ..." if len(foreign) > 4 else "")
+        raise ValueError(
+            f"the optimizer was built on another network: {len(foreign)} of its parameters or "
+            f"layers are not in `network` ({shown}). Build TKFAC(net, ...) and the train cell "
+            "on the same net: TKFACTrainOneStepCell(nn.WithLossCell(net, loss), TKFAC(net, ...))"
+        )
+
+
 class _BatchStatistics(nn.Cell):
     """The probe gradients of one batch, leaving every parameter and buffer as it was."""
 
@@ -195,6 +210,14 @@ class TKFACTrainOneStepCell(nn.Cell):
         super().__init__(auto_prefix=False)
         if not isinstance(optimizer, TKFAC):
             raise TypeError(f"optimizer must be a tkfac_ms.TKFAC, got {type(optimizer).__name__}")
+        if ms.get_context("mode") != ms.GRAPH_MODE:
+            raise RuntimeError(
+                "TKFACTrainOneStepCell needs GRAPH_MODE: in PYNATIVE_MODE (MindSpore's default) "
+                "the capture cells deliver no layer statistics and TKFAC would train on "
+                "placeholder factors. Call "
+                "mindspore.set_context(mode=mindspore.GRAPH_MODE) before building the cell."
+            )
+        _check_same_network(network, optimizer)
         self.network = network
         self.network.set_grad()
         self.optimizer = optimizer
