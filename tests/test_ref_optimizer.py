@@ -424,5 +424,5 @@ def test_state_dict_round_trip_resumes_bit_identically(approximation: str) -> No
 def test_load_state_dict_rejects_other_layers() -> None:
     opt = reference_torch.TKFAC(SmallCNN(), lr=0.1)
     other = reference_torch.TKFAC(make_mlp(), lr=0.1)
-    with pytest.raises(ValueError, match=r"its layers \['0', '4'\] are not this optimizer's \['0', '2'\]"):
+    with pytest.raises(ValueError, match=r"its layers \['0', '4'\] are not this optimizer's"):
         other.load_state_dict(opt.state_dict())

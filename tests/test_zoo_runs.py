@@ -29,6 +29,7 @@ from mindspore import dtype as mstype
 from mindspore.train import RunContext
 from zoo_helpers import ROOT, kill, read_until, run, start
 
+import tkfac_ms
 from model_zoo.src.trainer import RunParams, load_checkpoint_for_resume, save_checkpoint_atomic
 from model_zoo.src.trainer.callbacks import NonfiniteMonitor
 from model_zoo.src.trainer.rundir import (
@@ -169,6 +170,26 @@ def test_checkpoint_of_another_shape_is_refused_before_any_parameter_is_written(
         p.name for p in other.get_parameters() if not np.array_equal(p.asnumpy(), before[p.name])
     ]
     assert changed == []
+
+
+def test_checkpoint_of_another_approximation_is_refused_before_any_parameter_is_written(
+    tmp_path,
+):
+    def tkfac_cell(approximation):
+        ms.set_seed(0)
+        net = nn.SequentialCell([nn.Dense(3, 4), nn.Dense(4, 2)])
+        opt = tkfac_ms.TKFAC(net, 0.1, approximation=approximation, fisher="empirical")
+        return tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss()), opt)
+
+    path = save_checkpoint_atomic(tkfac_cell("tkfac_nor"), tmp_path / "epoch_0001.ckpt", 1, 1)
+    other = tkfac_cell("kfac")
+    before = {p.name: p.asnumpy().copy() for p in other.get_parameters()}
+    with pytest.raises(
+        ValueError, match="approximation 'tkfac_nor' in the checkpoint, 'kfac' here"
+    ):
+        load_checkpoint_for_resume(path, other)
+    assert all(np.array_equal(p.asnumpy(), before[p.name]) for p in other.get_parameters())
+    load_checkpoint_for_resume(path, tkfac_cell("tkfac_nor"))  # the same configuration loads
 
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):

@@ -11,8 +11,9 @@ set of checkpoints or the new one, never a truncated ``epoch_*.ckpt``. The tempo
 the writer's PID and a random part (``.epoch_0001.ckpt.<pid>-<hex>.tmp.ckpt``): leftovers of
 dead processes are removed by the next save, a live process's file is never touched.
 
-Loading checks every Parameter's presence, shape and dtype against the cell first, and writes
-nothing unless all of them match.
+Loading checks every Parameter's presence, shape and dtype against the cell first (for TKFAC
+also the approximation and Fisher type the checkpoint records, ``TKFAC.check_checkpoint``), and
+writes nothing unless all of them match.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import nn
 
+import tkfac_ms
 from model_zoo.src.trainer.rundir import remove_stale_temps, temp_name
 
 __all__ = [
@@ -184,6 +186,9 @@ def load_checkpoint_for_resume(path: str | os.PathLike, cell: nn.Cell) -> tuple[
         raise ValueError(f"{path} has no epoch/step entries: not written by model_zoo/train.py")
     epoch = int(params.pop("epoch").asnumpy())
     step = int(params.pop("step").asnumpy())
+    for _, sub in cell.cells_and_names():  # TKFAC: approximation, Fisher type, layers, shapes
+        if isinstance(sub, tkfac_ms.TKFAC):
+            sub.check_checkpoint(params, str(path))
     check_params_fit(params, cell, path, ignore=_NOT_RESTORED)
     missing, _ = ms.load_param_into_net(cell, params, strict_load=True)
     missing = [n for n in missing if n not in _NOT_RESTORED]
