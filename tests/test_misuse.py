@@ -310,3 +310,21 @@ def test_the_twins_reject_the_same_arguments(kwargs, match):
         tkfac_ms.TKFAC(ms_mlp(), lr, **kwargs)
     with pytest.raises(ValueError, match=match):
         reference_torch.TKFAC(torch_mlp(), lr=lr, **kwargs)
+
+
+# ---------------------------------------------------------------- labels (documented, README)
+def test_out_of_range_labels_behave_as_the_readme_documents():
+    """Nothing checks labels on the device; the README states what MindSpore does instead."""
+    logits = Tensor(np.array([[0.0, 0.0, 5.0], [1.0, 0.0, 0.0]], np.float32))
+    ce = nn.CrossEntropyLoss(reduction="none")
+    minus_one = ce(logits, Tensor(np.array([-1, 0], np.int32))).asnumpy()
+    last = ce(logits, Tensor(np.array([2, 0], np.int32))).asnumpy()
+    np.testing.assert_array_equal(minus_one, last)  # -1 is taken as the last class
+    with pytest.raises((ValueError, RuntimeError), match="index"):
+        ce(logits, Tensor(np.array([3, 0], np.int32))).asnumpy()
+    net = ms_mlp()
+    loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    cell = tkfac_ms.TKFACTrainOneStepCell(nn.WithLossCell(net, loss), tkfac_ms.TKFAC(net, 0.1))
+    x, _ = batch()
+    with pytest.raises(RuntimeError, match="label"):
+        cell(x, Tensor(np.array([0, 1, 2, -1, 0, 1], np.int32)))
