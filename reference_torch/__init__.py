@@ -11,6 +11,13 @@ It implements ``shared/spec/tkfac-math.md`` (restated in ``docs/math.md``) in th
 from importlib import metadata as _metadata
 
 from reference_torch._math import kfac_stats, tkfac_stats
+from reference_torch.approximations import (
+    KFAC,
+    CurvatureApproximation,
+    TKFACNew,
+    TKFACNor,
+    make_approximation,
+)
 from reference_torch.capture import LayerCapture, UnsupportedLayerError
 from reference_torch.config import Approximation, FisherType, LossReduction, TKFACConfig
 from reference_torch.optimizer import TKFAC, LayerState, default_decay_filter
@@ -28,6 +35,11 @@ __all__ = [
     "FisherType",
     "LossReduction",
     "LayerState",
+    "CurvatureApproximation",
+    "TKFACNor",
+    "TKFACNew",
+    "KFAC",
+    "make_approximation",
     "LayerCapture",
     "UnsupportedLayerError",
     "default_decay_filter",

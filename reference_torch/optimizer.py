@@ -1,8 +1,9 @@
 """TKFAC as a ``torch.optim.Optimizer`` (spec Sec. 3-6; paper Algorithm 1, Eq. 8-18).
 
 Orchestration only: ``capture.py`` records ``a`` and ``u``, ``_math.py`` holds every formula,
-this module decides when each runs and keeps the state. The MindSpore twin is
-``tkfac_ms/optimizer.py``.
+``approximations.py`` holds what differs between TKFAC_nor, TKFAC_new and KFAC (one object,
+chosen at construction), this module decides when each runs and keeps the state. The MindSpore
+twin is ``tkfac_ms/optimizer.py``.
 
 One call of :meth:`TKFAC.step` is one optimizer step ``t`` (counted from 0), spec Sec. 5:
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from reference_torch import _math
+from reference_torch.approximations import make_approximation
 from reference_torch.capture import LayerCapture, unsupported_reason
 from reference_torch.config import (
     Approximation,
@@ -222,11 +224,13 @@ class TKFAC(torch.optim.Optimizer):
         super().__init__([p for _, p in named], defaults={})
 
         self.factor_dtype = factor_dtype
+        #: the approximation's object (statistics, damping, beta): chosen here, once
+        self.approximation = make_approximation(self.config)
         self._layers = _find_layers(model, patterns)
         selects = decay_filter if decay_filter is not None else default_decay_filter(model)
         self._decayed = {id(p) for n, p in named if selects(n, p)}
         self._t = 0  # the step t of the next call to step()
-        self.beta = torch.tensor(1.0)  # TKFAC_new's beta of the last factor update
+        self.beta = torch.tensor(1.0)  # beta of the last factor update (TKFAC_new's Eq. 16)
         #: curvature updates (factors and/or inverses of one step) discarded by the guard
         self.rejected_curvature_updates = 0
         self._arm_captures()
@@ -375,7 +379,7 @@ class TKFAC(torch.optim.Optimizer):
         factor_step, inverse_step = self.is_factor_step(t), self.is_inverse_step(t)
         if not (factor_step or inverse_step):
             return True
-        new = self._new_factors(damping) if factor_step else {}
+        new, beta = self._new_factors(damping) if factor_step else ({}, self.beta)
         ok = all(
             bool(torch.isfinite(m).all()) and bool((torch.diagonal(m) >= 0).all())
             for st in new.values()
@@ -399,49 +403,32 @@ class TKFAC(torch.optim.Optimizer):
         for name, st in new.items():
             layer = self._layers[name]
             layer.state = st
-        if factor_step and self.config.approximation == Approximation.TKFAC_NEW:
-            self.beta = self._new_beta
+        if factor_step and self.approximation.updates_beta:
+            self.beta = beta
         for name, (a_inv, g_inv) in invs.items():
             self._layers[name].state.a_inv, self._layers[name].state.g_inv = a_inv, g_inv
         return True
 
-    def _new_factors(self, damping: float) -> dict[str, LayerState]:
-        """Spec Sec. 2-4 on this batch: the next state of every captured layer (nothing set)."""
-        cfg = self.config
+    def _new_factors(self, damping: float) -> tuple[dict[str, LayerState], Tensor]:
+        """Spec Sec. 2-4 on this batch: the next state of every captured layer, and ``beta``.
+
+        Nothing is set: :meth:`_curvature_update` keeps both or neither.
+        """
+        approx, decay = self.approximation, self.config.factor_decay
         batch = self._captured_vectors()
-        current: list[tuple[_Layer, Tensor, Tensor]] = []  # (layer, a_batch, g_batch)
-        stats_of: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        if cfg.approximation == Approximation.KFAC:
-            for layer, a, u in batch:
-                current.append((layer, *_math.kfac_stats(a, u)))  # spec Sec. 6
-        else:
-            stats: list[tuple[_Layer, Tensor, Tensor, Tensor]] = []
-            for layer, a, u in batch:
-                delta, phi, psi = _math.tkfac_stats(a, u)  # spec Sec. 2, Eq. 8 / 12
-                stats_of[layer.name] = (delta, phi, psi)
-                stats.append((layer, delta, phi, psi))
-            self._new_beta = self.beta
-            if cfg.approximation == Approximation.TKFAC_NEW:  # Eq. 16, over the whole network
-                conv_deltas = [delta for layer, delta, _, _ in stats if layer.is_conv]
-                self._new_beta = _math.tkfac_new_beta(conv_deltas, cfg.nu)
-            for layer, delta, phi, psi in stats:
-                if cfg.approximation == Approximation.TKFAC_NOR:  # Eq. 14
-                    damped = _math.tkfac_nor_damping(delta, phi, psi, damping)
-                else:  # TKFAC_new, Eq. 15: beta only for Linear layers
-                    beta = None if layer.is_conv else self._new_beta.to(delta.dtype)
-                    damped = _math.tkfac_new_damping(delta, phi, psi, cfg.nu, beta)
-                current.append((layer, *damped))
+        stats = [approx.layer_statistics(a, u) for _, a, u in batch]  # spec Sec. 2 or 6
+        is_conv = [layer.is_conv for layer, _, _ in batch]
+        beta = approx.network_beta(stats, is_conv, self.beta)  # Eq. 16, over the whole network
         new: dict[str, LayerState] = {}
-        for layer, a_batch, g_batch in current:  # spec Sec. 4, Eq. 17-18
-            st = replace(layer.state)
-            first = st.a_factor is None
-            if layer.name in stats_of:
-                st.delta, st.phi, st.psi = stats_of[layer.name]
-            st.a_batch, st.g_batch = a_batch, g_batch
-            st.a_factor = _math.moving_average(st.a_factor, a_batch, cfg.factor_decay, first)
-            st.g_factor = _math.moving_average(st.g_factor, g_batch, cfg.factor_decay, first)
+        for (layer, _, _), layer_stats in zip(batch, stats, strict=True):
+            a_batch, g_batch = approx.damped_factors(layer_stats, damping, beta, layer.is_conv)
+            recorded = {name: layer_stats[name] for name in approx.recorded_statistics}
+            st = replace(layer.state, a_batch=a_batch, g_batch=g_batch, **recorded)
+            first = st.a_factor is None  # spec Sec. 4, Eq. 17-18
+            st.a_factor = _math.moving_average(st.a_factor, a_batch, decay, first)
+            st.g_factor = _math.moving_average(st.g_factor, g_batch, decay, first)
             new[layer.name] = st
-        return new
+        return new, beta
 
     def _captured_vectors(self) -> list[tuple[_Layer, Tensor, Tensor]]:
         """``(layer, a, u)`` in the factor dtype for every layer used in this step's forward."""
@@ -471,9 +458,8 @@ class TKFAC(torch.optim.Optimizer):
     def _inverses(
         self, a_mat: Tensor, g_mat: Tensor, damping: float
     ) -> tuple[Tensor, Tensor] | None:
-        """Spec Sec. 4 (and Sec. 6 damping for KFAC): both inverses, or None if not SPD."""
-        if self.config.approximation == Approximation.KFAC:
-            a_mat, g_mat = _math.kfac_pi_damping(a_mat, g_mat, damping)
+        """Spec Sec. 4: both inverses after the approximation's inverse damping, or None."""
+        a_mat, g_mat = self.approximation.inverse_damping(a_mat, g_mat, damping)
         a_inv, g_inv = _math.spd_inverse_or_none(a_mat), _math.spd_inverse_or_none(g_mat)
         if a_inv is None or g_inv is None:
             return None
