@@ -405,7 +405,7 @@ def test_float32_conv_sums_equal_the_spec_on_explicit_patches(kwargs, approximat
     layer = nn.Conv2d(3, 4, **kwargs)
     (wrapper,) = tkfac_ms.wrap_network(nn.SequentialCell([layer]))
     cap = wrapper.capture
-    cap.is_kfac = approximation == "kfac"
+    cap.sums_kind = "kfac" if approximation == "kfac" else "tkfac"
     assert cap.set_cpu_kernel(route == "cpu_kernel", min_locations=0) == (route == "cpu_kernel")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((5, 3, 9, 8)).astype(np.float32)
@@ -415,7 +415,7 @@ def test_float32_conv_sums_equal_the_spec_on_explicit_patches(kwargs, approximat
     a = _Patches(cap)(Tensor(x)).asnumpy().astype(np.float64)  # checked against loops above
     u = dout.astype(np.float64).reshape(5, 4, -1).transpose(0, 2, 1)
     a2, u2 = a.reshape(-1, a.shape[2]), u.reshape(-1, 4)
-    if cap.is_kfac:
+    if cap.sums_kind == "kfac":
         want = [0.0, a2.T @ a2, u2.T @ u2 / u.shape[1]]
     else:
         s, r = (a2 * a2).sum(1), (u2 * u2).sum(1)

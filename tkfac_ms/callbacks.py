@@ -19,12 +19,10 @@ TKFAC_new keeps it from doing so on convolutional layers.
 from __future__ import annotations
 
 import csv
-import math
 import os
 
 from mindspore.train import Callback
 
-from tkfac_ms.config import Approximation
 from tkfac_ms.optimizer import TKFAC
 
 __all__ = ["DampingDiagnostics", "damping_ratios"]
@@ -48,34 +46,18 @@ def damping_ratios(opt: TKFAC) -> list[dict[str, float | int | str]]:
             "layer": layer.path,
             "kind": layer.kind,
         }
-        if cfg.approximation == Approximation.KFAC:
-            a, g = layer.a_factor.asnumpy(), layer.g_factor.asnumpy()
-            tr_a, tr_g = float(a.trace()) / d_in, float(g.trace()) / d_out
-            pi = math.sqrt(tr_a / tr_g) if tr_a > 0 and tr_g > 0 else 1.0
-            sl = math.sqrt(damping)
-            row.update(
-                delta=float("nan"),
-                delta_tilde=float("nan"),
-                ratio_phi=pi * sl / tr_a if tr_a > 0 else math.inf,
-                ratio_psi=sl / pi / tr_g if tr_g > 0 else math.inf,
+        row.update(
+            opt.approximation.diagnostics(
+                float(layer.delta.asnumpy()),
+                layer.a_factor.asnumpy(),
+                layer.g_factor.asnumpy(),
+                d_in,
+                d_out,
+                layer.kind == "conv",
+                damping,
+                beta,
             )
-        else:
-            delta = float(layer.delta.asnumpy())
-            if cfg.approximation == Approximation.TKFAC_NEW:
-                scaled = delta if layer.kind == "conv" else beta * delta
-                dt = max(cfg.nu, scaled)
-                row.update(
-                    delta=delta, delta_tilde=dt, ratio_phi=math.sqrt(dt), ratio_psi=math.sqrt(dt)
-                )
-            else:
-                sd = math.sqrt(max(delta, 0.0))
-                sl = math.sqrt(damping)
-                row.update(
-                    delta=delta,
-                    delta_tilde=float("nan"),
-                    ratio_phi=sl / (sd / d_in) if sd > 0 else math.inf,
-                    ratio_psi=sl / (sd / d_out) if sd > 0 else math.inf,
-                )
+        )
         rows.append(row)
     return rows
 

@@ -85,7 +85,9 @@ class _FactorCapture(nn.Cell):
         # (top, bottom, left, right) as the layer pads, or "same" (computed from the input size)
         self.same = pads == "same"
         self.pads = (0, 0, 0, 0) if self.same else pads
-        self.is_kfac = False  # set by the optimizer (a compile-time constant)
+        # which sums the bprop emits, "tkfac" or "kfac" (TKFACLayer.configure; a compile-time
+        # constant)
+        self.sums_kind = "tkfac"
         self.compute_dtype = mstype.float32
         if kind == "conv":
             # im2col as a grouped convolution with one-hot kernels: group c turns input channel
@@ -199,7 +201,7 @@ class _FactorCapture(nn.Cell):
             return self._conv_sums(ops.cast(x, mstype.float32), ops.cast(dout, mstype.float32))
         a = self.patches(x)
         u = self.outputs(dout)
-        if self.is_kfac:
+        if self.sums_kind == "kfac":
             a_sum, g_sum = _math.kfac_sums(a, u)
             return ops.zeros((), self.compute_dtype), a_sum, g_sum
         return _math.tkfac_sums(a, u)
@@ -215,7 +217,7 @@ class _FactorCapture(nn.Cell):
         four (a compiled CPU graph keeps every one), and a faster factor step
         (docs/performance.md). The bias row/column: ``sum r a`` and ``sum r``.
         """
-        if self.is_kfac:
+        if self.sums_kind == "kfac":
             a_sum = self._conv_phi_sum(x, g, None)
             return ops.zeros((), mstype.float32), a_sum, self._kfac_g_sum(g)
         s, r = self._location_norms(x, g)
@@ -311,6 +313,7 @@ class TKFACLayer(nn.Cell):
         self.d_out = d_out
         self.has_bias = has_bias
         self.capture = capture
+        self.setting = None  # (sums, dtype, cpu_kernel) once configured
         self.init_state(mstype.float32)
 
     def init_state(self, dtype: mstype.Type) -> None:
@@ -332,6 +335,35 @@ class TKFACLayer(nn.Cell):
         self.a_inv = param("a_inv", np.eye(self.d_in))
         self.g_inv = param("g_inv", np.eye(self.d_out))
         self._rename_state()
+
+    def configure(self, sums: str, dtype: mstype.Type, cpu_kernel: bool) -> None:
+        """Set, once, what this layer computes for its optimizer.
+
+        Args:
+            sums: ``"tkfac"`` or ``"kfac"``, the batch sums the capture emits
+                (``CurvatureApproximation.sums``).
+            dtype: the factor dtype (the state is recreated if it differs).
+            cpu_kernel: whether the fused C++ kernel may compute ``phi_sum`` (the CPU's own
+                route, ``_device.py``).
+
+        Raises:
+            ValueError: if the layer was configured differently before (by another optimizer):
+                one wrapped layer serves one configuration.
+        """
+        setting = (sums, dtype, bool(cpu_kernel))
+        if self.setting is not None and self.setting != setting:
+            raise ValueError(
+                f"layer {self.path!r} is already configured for another TKFAC optimizer "
+                f"(sums, factor dtype, CPU kernel = {self.setting}, here {setting}); build "
+                "one TKFAC per network, or wrap a fresh copy of the network"
+            )
+        if self.setting == setting:
+            return
+        if self.factor_dtype != dtype:
+            self.init_state(dtype)
+        self.capture.sums_kind = sums
+        self.capture.set_cpu_kernel(cpu_kernel)
+        self.setting = setting
 
     def _rename_state(self) -> None:
         for field in ("delta", "a_factor", "g_factor", "a_inv", "g_inv"):

@@ -26,6 +26,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore import dtype as mstype
 
 from tkfac_ms import _device, _math
+from tkfac_ms.approximations import make_approximation
 from tkfac_ms.capture import unwrap, warn_not_preconditioned, wrap_network
 from tkfac_ms.config import (
     Approximation,
@@ -187,13 +188,10 @@ class TKFAC(nn.Optimizer):
                 "activation, nn.Conv2d with group=1 and NCHW data, with a trainable weight and "
                 "bias, not matched by skip); use a first-order optimizer such as nn.Momentum"
             )
-        is_kfac = cfg.approximation == Approximation.KFAC
+        approximation = make_approximation(cfg)
         for w in layers:
-            if w.factor_dtype != factor_dtype:
-                w.init_state(factor_dtype)
-            w.capture.is_kfac = is_kfac
-            # the fused C++ statistics kernel on the CPU's own route (capture.py, _device.py)
-            w.capture.set_cpu_kernel(not portable)
+            # the fused C++ statistics kernel only on the CPU's own route (_device.py)
+            w.configure(approximation.sums, factor_dtype, cpu_kernel=not portable)
         # Parameter order: each layer's weight (and bias), then every other trainable parameter.
         layer_params: list[Parameter] = []
         for w in layers:
@@ -209,8 +207,7 @@ class TKFAC(nn.Optimizer):
         self.layer_names = tuple(w.path for w in layers)
         self.num_layers = len(layers)
         self.num_layer_params = len(layer_params)
-        self.is_kfac = is_kfac
-        self.is_new = cfg.approximation == Approximation.TKFAC_NEW
+        self.approximation = approximation
         self.is_conv = tuple(w.kind == "conv" for w in layers)
         self.has_bias = tuple(w.has_bias for w in layers)
         self.weight_shapes = tuple(tuple(w.weight.shape) for w in layers)
@@ -358,63 +355,54 @@ class TKFAC(nn.Optimizer):
         return ops.gather(self.damping_values, i, 0)
 
     # ------------------------------------------------------------------ factors
-    def new_factors(self, stats, count, u_scale2):
+    def layer_sums(self, stats):
+        """The captured probe gradients, flat in probe order, as one ``(sr, a, g)`` per layer."""
+        return tuple(tuple(stats[3 * i : 3 * i + 3]) for i in range(self.num_layers))
+
+    def new_factors(self, layer_sums, count, u_scale2):
         """Spec Sec. 2-4 on one batch: the next moving-average state of every layer.
 
         Computes, writes nothing (see :meth:`curvature_update`).
 
         Args:
-            stats: per layer ``(sr_sum, phi_sum, psi_sum)`` (TKFAC) or ``(0, a_sum, g_sum)``
-                (KFAC), as the capture cells emit them (already summed over workers).
+            layer_sums: per layer ``(sr_sum, a_sum, g_sum)`` (:meth:`layer_sums`): the sums of
+                ``self.approximation.sums``, as the capture cells emit them (already summed
+                over workers).
             count: ``N``, the number of samples behind the sums.
             u_scale2: ``c^2``, the square of the factor that turns the captured output gradients
                 into per-sample ones (``N / loss_scale`` for a mean loss, ``1`` for sampled labels).
 
         Returns:
-            ``(a_factors, g_factors, deltas, beta)``: tuples over layers, and TKFAC_new's ``beta``.
+            ``(a_factors, g_factors, deltas, beta)``: tuples over layers, and this update's
+            ``beta`` (TKFAC_new; the current one otherwise).
         """
         first = ops.equal(self.factor_updates, Tensor(0, mstype.int32))
         decay = self.factor_decay
         count = ops.cast(count, self.factor_dtype)
         c2 = ops.cast(u_scale2, self.factor_dtype)
         damping = self.current_damping()
-        beta = self.beta
-        if self.is_new:
-            conv_deltas = ()
-            for i in range(self.num_layers):
-                if self.is_conv[i]:
-                    conv_deltas += (stats[3 * i] * c2 / count,)
-            beta = _math.tkfac_new_beta(conv_deltas, self.nu)
+        approx = self.approximation
+        beta = approx.network_beta(layer_sums, self.is_conv, count, c2, self.beta)
         a_new, g_new, deltas = (), (), ()
         for i in range(self.num_layers):
             # damped factor = scale * sum + shift * I (spec Sec. 2-3), averaged without forming
             # it: a compiled CPU graph keeps every d x d intermediate (docs/performance.md)
-            if self.is_kfac:
-                scale_a, shift_a = ops.ones_like(count) / count, None
-                scale_g, shift_g = c2 / count, None
-                deltas += (self.delta_state[i],)
-            else:
-                sr = stats[3 * i] * c2
-                delta = sr / count
-                d_in, d_out = self.a_factor[i].shape[0], self.g_factor[i].shape[0]
-                if self.is_new:
-                    dt = _math.tkfac_new_delta(delta, self.nu, None if self.is_conv[i] else beta)
-                    sd = ops.sqrt(dt)
-                    damp_a, damp_g = dt / _math.const(d_in, dt), dt / _math.const(d_out, dt)
-                else:
-                    sd = ops.sqrt(delta)
-                    damp_a = ops.sqrt(ops.cast(damping, self.factor_dtype))
-                    damp_g = damp_a
-                # u = c * dout: the captured sums get their c^2 through the scale
-                scale_a, shift_a, shift_g = _math.tkfac_factor_coefficients(
-                    sr, count, sd, c2, damp_a, damp_g, d_in, d_out
-                )
-                scale_g = scale_a
-                deltas += (delta,)
-            a_sum, g_sum = stats[3 * i + 1], stats[3 * i + 2]
+            sums = layer_sums[i]
+            scale_a, shift_a, scale_g, shift_g, delta = approx.factor_terms(
+                sums,
+                count,
+                c2,
+                damping,
+                beta,
+                self.is_conv[i],
+                self.a_factor[i].shape[0],
+                self.g_factor[i].shape[0],
+                self.delta_state[i],
+            )
             ema = _math.update_moving_average
-            a_new += (ema(self.a_factor[i], a_sum, scale_a, shift_a, decay, first),)
-            g_new += (ema(self.g_factor[i], g_sum, scale_g, shift_g, decay, first),)
+            a_new += (ema(self.a_factor[i], sums[1], scale_a, shift_a, decay, first),)
+            g_new += (ema(self.g_factor[i], sums[2], scale_g, shift_g, decay, first),)
+            deltas += (delta,)
         return a_new, g_new, deltas, beta
 
     def new_inverses(self, a_factors, g_factors):
@@ -429,9 +417,7 @@ class TKFAC(nn.Optimizer):
         a_invs, g_invs = (), ()
         ok = ops.ones((), mstype.bool_)
         for i in range(self.num_layers):
-            a, g = a_factors[i], g_factors[i]
-            if self.is_kfac:
-                a, g = _math.kfac_pi_damping(a, g, damping)
+            a, g = self.approximation.inverse_damping(a_factors[i], g_factors[i], damping)
             if self.inverse_route == "cholesky":
                 a_invs += (_math.spd_inverse(a),)
                 g_invs += (_math.spd_inverse(g),)
@@ -457,7 +443,7 @@ class TKFAC(nn.Optimizer):
         Returns:
             Whether the update was accepted (a scalar bool).
         """
-        a_new, g_new, deltas, beta = self.new_factors(stats, count, u_scale2)
+        a_new, g_new, deltas, beta = self.new_factors(self.layer_sums(stats), count, u_scale2)
         ok = ops.ones((), mstype.bool_)
         for m in a_new + g_new:
             ok = ops.logical_and(ok, ops.isfinite(m).all())
@@ -472,7 +458,7 @@ class TKFAC(nn.Optimizer):
             self._assign_all(self.a_factor, a_new)
             self._assign_all(self.g_factor, g_new)
             self._assign_all(self.delta_state, deltas)
-            if self.is_new:
+            if self.approximation.updates_beta:
                 ops.assign(self.beta, beta)
         ops.assign_add(self.factor_updates, ops.cast(ok, mstype.int32))
         ops.assign_add(self.rejected_curvature_updates, ops.cast(ops.logical_not(ok), mstype.int32))

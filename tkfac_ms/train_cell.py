@@ -321,16 +321,9 @@ class TKFACTrainOneStepCell(nn.Cell):
         n = float(data.shape[0])
         c = (n if self.mean_loss else 1.0) if self.empirical else 1.0
         out: dict[str, dict[str, Tensor]] = {}
-        for i, path in enumerate(opt.layer_names):
-            sr, a_sum, g_sum = stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]
-            c2 = Tensor(c * c, a_sum.dtype)
-            if opt.is_kfac:
-                out[path] = {"a": a_sum / n, "g": g_sum * c2 / n}
-            else:
-                delta, phi, psi = _math.tkfac_from_sums(
-                    sr * c2, a_sum * c2, g_sum * c2, Tensor(n, a_sum.dtype)
-                )
-                out[path] = {"delta": delta, "phi": phi, "psi": psi}
+        for path, (sr, a_sum, g_sum) in zip(opt.layer_names, opt.layer_sums(stats)):
+            c2, count = Tensor(c * c, a_sum.dtype), Tensor(n, a_sum.dtype)
+            out[path] = opt.approximation.layer_statistics(sr, a_sum, g_sum, count, c2)
         return out
 
     @staticmethod
