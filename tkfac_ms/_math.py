@@ -191,13 +191,14 @@ def update_moving_average(
     decay: float,
     first: Tensor,
 ) -> Tensor:
-    """:func:`moving_average` of ``current = scale * stat_sum + shift * I`` (spec Sec. 4).
+    """The moving average (Eq. 17-18) of ``current = scale * stat_sum + shift * I`` (spec Sec. 4).
 
     ``first``: ``current``; later ``decay * state + (1 - decay) * current``; the two cases are
     one expression with scalar weights, ``keep * state + take * current``, and ``current`` is
     never formed. Four ``d x d`` buffers (three without ``shift``) instead of the eleven of
-    the written-out chain :func:`tkfac_from_sums` -> damping -> :func:`moving_average`, which
-    it equals up to rounding (tested against it).
+    the written-out chain statistics -> damping -> moving average, which it equals up to
+    rounding (tested against the reference's chain, ``reference_torch/_math.py``:
+    ``tkfac_nor_damping`` / ``tkfac_new_damping`` -> ``moving_average``).
     """
     eps = const(decay, state)
     keep = ops.select(first, ops.zeros_like(eps), eps)
@@ -206,20 +207,6 @@ def update_moving_average(
     if shift is None:
         return mixed
     return add_to_diagonal(mixed, take * ops.cast(shift, state.dtype))
-
-
-def tkfac_nor_damping(
-    delta: Tensor, phi: Tensor, psi: Tensor, damping: Tensor | float
-) -> tuple[Tensor, Tensor]:
-    """TKFAC_nor damping (spec Sec. 3, paper Eq. 14).
-
-    ``Phi_hat = sqrt(delta) Phi + sqrt(lambda) I``, ``Psi_hat = sqrt(delta) Psi + sqrt(lambda) I``.
-    """
-    sd = ops.sqrt(delta)
-    sl = ops.sqrt(
-        ops.cast(damping, phi.dtype) if isinstance(damping, Tensor) else Tensor(damping, phi.dtype)
-    )
-    return sd * phi + sl * _eye_like(phi), sd * psi + sl * _eye_like(psi)
 
 
 def tkfac_new_delta(delta: Tensor, nu: float, beta: Tensor | None = None) -> Tensor:
@@ -245,20 +232,6 @@ def tkfac_new_beta(conv_deltas: list[Tensor] | tuple[Tensor, ...], nu: float) ->
     return beta
 
 
-def tkfac_new_damping(delta_tilde: Tensor, phi: Tensor, psi: Tensor) -> tuple[Tensor, Tensor]:
-    """TKFAC_new damped factors (spec Sec. 3, paper Eq. 15).
-
-    ``Phi~ = sqrt(delta~) Phi + (delta~ / d_in) I`` and
-    ``Psi~ = sqrt(delta~) Psi + (delta~ / d_out) I``.
-    """
-    sd = ops.sqrt(delta_tilde)
-    d_in, d_out = phi.shape[0], psi.shape[0]
-    return (
-        sd * phi + (delta_tilde / const(d_in, phi)) * _eye_like(phi),
-        sd * psi + (delta_tilde / const(d_out, psi)) * _eye_like(psi),
-    )
-
-
 def kfac_pi_damping(
     a_factor: Tensor, g_factor: Tensor, damping: Tensor | float
 ) -> tuple[Tensor, Tensor]:
@@ -280,15 +253,6 @@ def kfac_pi_damping(
         else Tensor(damping, a_factor.dtype)
     )
     return add_to_diagonal(a_factor, pi * sl), add_to_diagonal(g_factor, sl / pi)
-
-
-def moving_average(state: Tensor, current: Tensor, decay: float, first: Tensor) -> Tensor:
-    """Exponential moving average (spec Sec. 4, paper Eq. 17-18).
-
-    ``first``: the state is initialised to ``current``; later: ``decay*state + (1-decay)*current``.
-    """
-    eps = const(decay, state)  # 1 - eps is formed in the state's dtype: graph-mode scalar
-    return ops.select(first, current, eps * state + (const(1.0, state) - eps) * current)
 
 
 def spd_inverse(m: Tensor) -> Tensor:
