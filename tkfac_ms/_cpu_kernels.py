@@ -1,7 +1,7 @@
 """The fused CPU kernel for a convolution's ``phi_sum`` (``csrc/conv_phi.cc``), built on first use.
 
 MindSpore runs it as an ``ops.Custom(func_type="aot")`` operator on the CPU only; GPU and
-Ascend keep the MindSpore-op path (``capture._FactorCapture._conv_sums``). The library is
+Ascend keep the MindSpore-op path (``capture.Conv2dCapture._conv_sums``). The library is
 compiled once per source, compiler flags and CPU (``-march=native``) into
 ``$TKFAC_MS_CACHE`` (default ``~/.cache/tkfac_ms``; a temporary folder if that is not
 writable), written to a temporary name and renamed,

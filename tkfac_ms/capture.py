@@ -3,7 +3,8 @@
 How it works (GRAPH_MODE-safe, no Python hooks):
 
 ``TKFACDense`` / ``TKFACConv2d`` hold the user's ``nn.Dense`` / ``nn.Conv2d`` and route its
-output through :class:`_FactorCapture`, an identity cell with a custom ``bprop``. That ``bprop``
+output through its capture cell (:class:`DenseCapture`, :class:`Conv2dCapture`: one class per
+layer kind), an identity cell with a custom ``bprop``. That ``bprop``
 sees both the layer input ``x`` and the output gradient ``dout``, builds ``a`` (im2col with
 ``ops.unfold``, bias column) and ``u``, and returns the batch *sums* of spec Sec. 2 (TKFAC) or
 Sec. 6 (KFAC) as the "gradients" of three probe inputs. The probes are the layer's own state
@@ -64,63 +65,136 @@ CPU_KERNEL_MIN_LOCATIONS = 256
 
 
 class _FactorCapture(nn.Cell):
-    """Identity on ``y`` whose ``bprop`` emits the factor statistics into the probe slots."""
+    """Identity on ``y`` whose ``bprop`` emits the factor statistics into the probe slots.
+
+    The base of one capture class per layer kind (:class:`DenseCapture`,
+    :class:`Conv2dCapture`), which give ``patches`` (``a``) and ``outputs`` (``u``), and may
+    compute the same ``sums`` a faster way.
+    """
+
+    kind = "dense"
+
+    def __init__(self, has_bias: bool):
+        super().__init__()
+        self.has_bias = has_bias
+        # which sums the bprop emits, "tkfac" or "kfac" (TKFACLayer.configure; a compile-time
+        # constant)
+        self.sums_kind = "tkfac"
+        self.compute_dtype = mstype.float32
+        self.cpu_phi = None  # the fused C++ phi_sum kernel, where set_cpu_kernel enables it
+
+    def set_cpu_kernel(self, enable: bool, min_locations: int = CPU_KERNEL_MIN_LOCATIONS) -> bool:
+        """Whether the fused C++ kernel computes ``phi_sum``: never for this layer kind."""
+        return False
+
+    def construct(self, x, y, p_delta, p_a, p_g):
+        return y
+
+    def patches(self, x):
+        """``a``: ``[N, T, d_in]`` (with the bias column)."""
+        raise NotImplementedError
+
+    def outputs(self, dout):
+        """``u``: ``[N, T, d_out]`` (before the per-sample scale, applied by the optimizer)."""
+        raise NotImplementedError
+
+    def sums(self, x, dout):
+        """``(sr_sum, a_sum, g_sum)`` of one batch: :meth:`sums_of_vectors`."""
+        return self.sums_of_vectors(x, dout)
+
+    def sums_of_vectors(self, x, dout):
+        """The sums of ``a = patches(x)`` and ``u = outputs(dout)``.
+
+        :func:`_math.tkfac_sums` (TKFAC) or :func:`_math.kfac_sums` with ``sr_sum = 0`` (KFAC).
+        """
+        a = self.patches(x)
+        u = self.outputs(dout)
+        if self.sums_kind == "kfac":
+            a_sum, g_sum = _math.kfac_sums(a, u)
+            return ops.zeros((), self.compute_dtype), a_sum, g_sum
+        return _math.tkfac_sums(a, u)
+
+    def _with_bias_column(self, a):
+        if self.has_bias:
+            a = ops.concat((a, ops.ones((a.shape[0], a.shape[1], 1), a.dtype)), axis=2)
+        return a
+
+    def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
+        sr, a_sum, g_sum = self.sums(x, dout)
+        # The statistics leave in the factor dtype even when mixed precision has cast the probe
+        # inputs to float16 (amp O2/O3): MindSpore hands a custom bprop's outputs to the
+        # parameters as they are, so the factors never pass through half precision.
+        return ops.zeros_like(x), dout, sr.reshape(()), a_sum, g_sum
+
+
+class DenseCapture(_FactorCapture):
+    """``nn.Dense``: ``a`` is the layer input (``T = 1``, or the leading axes flattened)."""
+
+    kind = "dense"
+
+    def patches(self, x):
+        """``a``: ``[N, T, d_in]``, the input rows (+ bias column)."""
+        x = ops.cast(x, self.compute_dtype)
+        return self._with_bias_column(x.reshape(x.shape[0], -1, x.shape[-1]))
+
+    def outputs(self, dout):
+        """``u``: ``[N, T, d_out]``."""
+        g = ops.cast(dout, self.compute_dtype)
+        return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+class Conv2dCapture(_FactorCapture):
+    """``nn.Conv2d``: ``a`` are the im2col patches, ``T = H_out * W_out`` locations."""
+
+    kind = "conv"
 
     def __init__(
         self,
-        kind: str,
         has_bias: bool,
-        kernel_size: tuple[int, int] = (1, 1),
-        stride: tuple[int, int] = (1, 1),
-        dilation: tuple[int, int] = (1, 1),
-        pads: tuple[int, int, int, int] | str = (0, 0, 0, 0),
-        in_channels: int = 0,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        pads: tuple[int, int, int, int] | str,
+        in_channels: int,
     ):
-        super().__init__()
-        self.kind = kind
-        self.has_bias = has_bias
+        super().__init__(has_bias)
         self.kernel_size = kernel_size
         self.stride = stride
         self.dilation = dilation
         # (top, bottom, left, right) as the layer pads, or "same" (computed from the input size)
         self.same = pads == "same"
         self.pads = (0, 0, 0, 0) if self.same else pads
-        # which sums the bprop emits, "tkfac" or "kfac" (TKFACLayer.configure; a compile-time
-        # constant)
-        self.sums_kind = "tkfac"
-        self.compute_dtype = mstype.float32
-        if kind == "conv":
-            # im2col as a grouped convolution with one-hot kernels: group c turns input channel
-            # c into its kh*kw shifted copies, so the output channels come in the (c, i, j)
-            # order of the weight's columns, with the layer's own stride, dilation and padding.
-            # Bit-identical to ops.unfold and 2-4x faster on CPU (oneDNN); MindSpore's CPU
-            # convolution has no float64 kernel, so float64 statistics use ops.unfold.
-            kh, kw = kernel_size
-            eye = np.zeros((in_channels * kh * kw, 1, kh, kw), np.float32)
-            for c in range(in_channels):
-                for k in range(kh * kw):
-                    eye[c * kh * kw + k, 0, k // kw, k % kw] = 1.0
-            self.patch_kernel = Tensor(eye)
-            self.patch_conv = ops.Conv2D(
-                in_channels * kh * kw,
-                kernel_size,
-                pad_mode="same" if self.same else "pad",
-                pad=self.pads,
-                stride=stride,
-                dilation=dilation,
-                group=in_channels,
-            )
-            # ||a[n,t]||^2 of every patch: the window sums of sum_c x^2, one small convolution
-            self.ones_kernel = Tensor(np.ones((1, 1, kh, kw), np.float32))
-            self.norm_conv = ops.Conv2D(
-                1,
-                kernel_size,
-                pad_mode="same" if self.same else "pad",
-                pad=self.pads,
-                stride=stride,
-                dilation=dilation,
-            )
-            self.matmul_nt = ops.MatMul(transpose_b=True)
+        # im2col as a grouped convolution with one-hot kernels: group c turns input channel
+        # c into its kh*kw shifted copies, so the output channels come in the (c, i, j)
+        # order of the weight's columns, with the layer's own stride, dilation and padding.
+        # Bit-identical to ops.unfold and 2-4x faster on CPU (oneDNN); MindSpore's CPU
+        # convolution has no float64 kernel, so float64 statistics use ops.unfold.
+        kh, kw = kernel_size
+        eye = np.zeros((in_channels * kh * kw, 1, kh, kw), np.float32)
+        for c in range(in_channels):
+            for k in range(kh * kw):
+                eye[c * kh * kw + k, 0, k // kw, k % kw] = 1.0
+        self.patch_kernel = Tensor(eye)
+        self.patch_conv = ops.Conv2D(
+            in_channels * kh * kw,
+            kernel_size,
+            pad_mode="same" if self.same else "pad",
+            pad=self.pads,
+            stride=stride,
+            dilation=dilation,
+            group=in_channels,
+        )
+        # ||a[n,t]||^2 of every patch: the window sums of sum_c x^2, one small convolution
+        self.ones_kernel = Tensor(np.ones((1, 1, kh, kw), np.float32))
+        self.norm_conv = ops.Conv2D(
+            1,
+            kernel_size,
+            pad_mode="same" if self.same else "pad",
+            pad=self.pads,
+            stride=stride,
+            dilation=dilation,
+        )
+        self.matmul_nt = ops.MatMul(transpose_b=True)
         # the fused CPU kernel for phi_sum (set_cpu_kernel; None: the MindSpore-op path)
         self.cpu_phi = None
         self.cpu_phi_geom = None
@@ -138,7 +212,7 @@ class _FactorCapture(nn.Cell):
         self.cpu_phi = None
         self.cpu_phi_geom = None
         self.cpu_phi_min_locations = int(min_locations)
-        if not enable or self.kind != "conv" or self.compute_dtype != mstype.float32:
+        if not enable or self.compute_dtype != mstype.float32:
             return False
         lib = _cpu_kernels.conv_phi_library()
         if lib is None:
@@ -160,16 +234,13 @@ class _FactorCapture(nn.Cell):
         self.cpu_phi.add_prim_attr("tkfac_phi_size", d)
         return True
 
-    def construct(self, x, y, p_delta, p_a, p_g):
-        return y
-
     def patches(self, x):
         """``a``: ``[N, T, d_in]`` im2col patches in ``(c, i, j)`` column order (+ bias column)."""
         x = ops.cast(x, self.compute_dtype)
-        if self.kind == "conv" and self.compute_dtype == mstype.float32:
+        if self.compute_dtype == mstype.float32:
             cols = self.patch_conv(x, self.patch_kernel)  # [N, d, Ho, Wo]
             a = cols.transpose(0, 2, 3, 1).reshape(x.shape[0], -1, cols.shape[1])
-        elif self.kind == "conv":
+        else:
             pads = self.pads
             if self.same:
                 pads = _same_pads(x.shape, self.kernel_size, self.stride, self.dilation)
@@ -177,34 +248,22 @@ class _FactorCapture(nn.Cell):
                 x = ops.pad(x, (pads[2], pads[3], pads[0], pads[1]))
             cols = ops.unfold(x, self.kernel_size, self.dilation, 0, self.stride)  # [N, d, T]
             a = cols.transpose(0, 2, 1)
-        else:
-            a = x.reshape(x.shape[0], -1, x.shape[-1])
-        if self.has_bias:
-            a = ops.concat((a, ops.ones((a.shape[0], a.shape[1], 1), a.dtype)), axis=2)
-        return a
+        return self._with_bias_column(a)
 
     def outputs(self, dout):
-        """``u``: ``[N, T, d_out]`` (before the per-sample scale, applied by the optimizer)."""
+        """``u``: ``[N, T, d_out]``."""
         g = ops.cast(dout, self.compute_dtype)
-        if self.kind == "conv":
-            return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
-        return g.reshape(g.shape[0], -1, g.shape[-1])
+        return g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 2, 1)
 
     def sums(self, x, dout):
         """``(sr_sum, a_sum, g_sum)`` of one batch.
 
-        :func:`_math.tkfac_sums` (TKFAC) or :func:`_math.kfac_sums` with ``sr_sum = 0`` (KFAC)
-        of ``a = patches(x)``, ``u = outputs(dout)``. Float32 convolutions take
-        :meth:`_conv_sums`, the same sums computed in the convolution's own layout.
+        Float32: :meth:`_conv_sums`, the same sums computed in the convolution's own layout;
+        float64: :meth:`sums_of_vectors`.
         """
-        if self.kind == "conv" and self.compute_dtype == mstype.float32:
+        if self.compute_dtype == mstype.float32:
             return self._conv_sums(ops.cast(x, mstype.float32), ops.cast(dout, mstype.float32))
-        a = self.patches(x)
-        u = self.outputs(dout)
-        if self.sums_kind == "kfac":
-            a_sum, g_sum = _math.kfac_sums(a, u)
-            return ops.zeros((), self.compute_dtype), a_sum, g_sum
-        return _math.tkfac_sums(a, u)
+        return self.sums_of_vectors(x, dout)
 
     def _conv_sums(self, x, g):
         """The spec's sums for a float32 convolution without the ``[N*T, d]`` patch matrix.
@@ -264,13 +323,6 @@ class _FactorCapture(nn.Cell):
     def _kfac_g_sum(self, g):
         u = _channel_major(g)
         return self.matmul_nt(u, u) / _math.const(g.shape[2] * g.shape[3], u)
-
-    def bprop(self, x, y, p_delta, p_a, p_g, out, dout):
-        sr, a_sum, g_sum = self.sums(x, dout)
-        # The statistics leave in the factor dtype even when mixed precision has cast the probe
-        # inputs to float16 (amp O2/O3): MindSpore hands a custom bprop's outputs to the
-        # parameters as they are, so the factors never pass through half precision.
-        return ops.zeros_like(x), dout, sr.reshape(()), a_sum, g_sum
 
 
 def _channel_major(t):
@@ -393,7 +445,7 @@ class TKFACDense(TKFACLayer):
         has_bias = bool(layer.has_bias)
         d_in = int(layer.in_channels) + int(has_bias)
         super().__init__(
-            layer, path, d_in, int(layer.out_channels), has_bias, _FactorCapture("dense", has_bias)
+            layer, path, d_in, int(layer.out_channels), has_bias, DenseCapture(has_bias)
         )
 
 
@@ -423,8 +475,7 @@ class TKFACConv2d(TKFACLayer):
         has_bias = bool(layer.has_bias)
         kh, kw = _pair(layer.kernel_size)
         d_in = int(layer.in_channels) * kh * kw + int(has_bias)
-        capture = _FactorCapture(
-            "conv",
+        capture = Conv2dCapture(
             has_bias,
             (kh, kw),
             _pair(layer.stride),
